@@ -1,0 +1,52 @@
+"""carlib: train and compare image classifiers with conclusions you can trust.
+
+The public API is importable from here; submodules are loaded on first use, so
+``carlib results`` does not pay for importing TensorFlow.
+
+- :func:`run_experiment` — one config in, one trained model and record out
+- :func:`run_study`, :func:`study_summary` — a configuration over several seeds, and its summary
+- :func:`load_results` — the combined table of every run in a results store
+- :class:`ExperimentConfig` — the parameter vocabulary shared by API, notebooks, YAML and CLI
+"""
+
+import os as _os
+
+# Keep TensorFlow's C++ start-up chatter and albumentations' update check out of notebooks.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ExperimentConfig": "carlib.config",
+    "ConfigError": "carlib.config",
+    "PARAMETER_NAMES": "carlib.config",
+    "run_experiment": "carlib.experiment",
+    "run_study": "carlib.studies",
+    "study_summary": "carlib.studies",
+    "notebook_parameters": "carlib.studies",
+    "load_results": "carlib.results",
+    "ResultsStore": "carlib.results",
+    "build_model": "carlib.backbones",
+    "available_backbones": "carlib.backbones",
+    "available_presets": "carlib.augment",
+    "prepare_data": "carlib.data.folders",
+    "plot_learning_curves": "carlib.plots",
+    "plot_summary": "carlib.plots",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'carlib' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,115 @@
+"""Named albumentations presets for the training split (validation and test never augment, R15).
+
+A preset is a function ``image_size -> list of transforms``; the result always has the
+training image size, so presets are interchangeable in a study. Crops are random
+(``RandomResizedCrop``), never a fixed pair of centre crops (R19). Users add their own with
+:func:`register_preset`, or pass the path of a pipeline saved with ``albumentations.save``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # importing must not reach the network
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["register_preset", "available_presets", "build_augmentation", "check_augmentation", "augment_image"]
+
+PresetBuilder = Callable[[int], list]
+
+
+def _none(size: int) -> list:
+    return []
+
+
+def _light(size: int) -> list:
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), border_mode=0, p=0.5),
+    ]
+
+
+def _medium(size: int) -> list:
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.RandomResizedCrop(size=(size, size), scale=(0.6, 1.0), ratio=(0.8, 1.25), p=1.0),
+        A.Affine(rotate=(-10, 10), border_mode=0, p=0.3),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10, p=0.3),
+    ]
+
+
+def _heavy(size: int) -> list:
+    return [
+        *_medium(size),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))], p=0.3),
+        A.ToGray(p=0.1),
+        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.2), hole_width_range=(0.05, 0.2), p=0.4),
+    ]
+
+
+_PRESETS: dict[str, PresetBuilder] = {"none": _none, "light": _light, "medium": _medium, "heavy": _heavy}
+
+
+def register_preset(name: str, builder: PresetBuilder, *, overwrite: bool = False) -> None:
+    """Register ``builder(image_size) -> list of albumentations transforms`` under ``name``."""
+    if name in _PRESETS and not overwrite:
+        raise ValueError(f"augmentation preset {name!r} already exists; pass overwrite=True to replace it.")
+    _PRESETS[name] = builder
+
+
+def available_presets() -> tuple[str, ...]:
+    """Names of the registered augmentation presets."""
+    return tuple(sorted(_PRESETS))
+
+
+def _is_serialized(spec: str) -> bool:
+    return spec.endswith((".json", ".yaml", ".yml"))
+
+
+def check_augmentation(spec: str) -> None:
+    """Fail early, before data is touched, if ``spec`` is neither a preset nor a saved pipeline."""
+    if spec in _PRESETS:
+        return
+    if _is_serialized(spec):
+        if not Path(spec).expanduser().is_file():
+            raise ValueError(f"augmentation={spec!r}: no such file (a pipeline saved with albumentations.save).")
+        return
+    from carlib.config import ConfigError
+
+    raise ConfigError(
+        f"unknown augmentation {spec!r}. Known presets: {', '.join(available_presets())}; "
+        "or the path of a .json/.yaml pipeline saved with albumentations.save."
+    )
+
+
+def build_augmentation(spec: str, image_size: int, seed: int | None = None) -> A.Compose | None:
+    """The ``Compose`` for a preset name or saved pipeline, or ``None`` when it does nothing.
+
+    A resize to ``image_size`` is appended so every preset returns the training size.
+    """
+    check_augmentation(spec)
+    if _is_serialized(spec):
+        loaded = A.load(str(Path(spec).expanduser()), data_format="yaml" if spec.endswith((".yaml", ".yml")) else "json")
+        transforms = list(loaded.transforms)
+    else:
+        transforms = _PRESETS[spec](image_size)
+    if not transforms:
+        return None
+    return A.Compose([*transforms, A.Resize(image_size, image_size)], seed=seed)
+
+
+def augment_image(pipeline: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
+    """Apply ``pipeline`` to one uint8 HxWx3 image with its own seed.
+
+    albumentations keeps its own RNG (``keras.utils.set_random_seed`` does not reach it),
+    so each image gets a seed derived from the run seed, the epoch and its position:
+    results are repeatable whatever the thread scheduling, as long as each thread uses its
+    own copy of ``pipeline``.
+    """
+    pipeline.set_random_seed(int(seed))
+    return pipeline(image=image)["image"]

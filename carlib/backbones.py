@@ -1,0 +1,190 @@
+"""The backbone registry: a name → how to build it, what input it wants, its default size.
+
+Every carlib model takes raw 0–255 RGB pixels. The conversion each backbone needs
+(R6, R12: Xception wants [-1, 1]; EfficientNet rescales inside and wants raw pixels) is a
+layer inside the model, so training, evaluation, TTA and export share one input contract.
+Explicit parameter > backbone default > global default, as in timm's data config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+__all__ = [
+    "BackboneSpec",
+    "register_backbone",
+    "get_backbone",
+    "available_backbones",
+    "build_model",
+    "preprocessing_layer",
+    "PREPROCESSING",
+]
+
+# What each preprocessing mode maps raw 0–255 RGB to, i.e. what the backbone's first layer sees.
+PREPROCESSING: dict[str, tuple[float, float]] = {
+    "raw": (0.0, 255.0),  # the backbone contains its own rescaling (EfficientNet, V2, MobileNetV3, ConvNeXt)
+    "symmetric": (-1.0, 1.0),  # x / 127.5 - 1: Xception, MobileNetV2, ResNetV2 ("tf" mode)
+    "unit": (0.0, 1.0),  # x / 255: carlib's own from-scratch nets
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """A named feature extractor.
+
+    ``build(input_shape, weights)`` returns a Keras model without classification top whose
+    output is a feature map or vector; ``preprocessing`` is one of :data:`PREPROCESSING`,
+    the scaling carlib applies in front of it.
+    """
+
+    name: str
+    build: Callable[[tuple[int, int, int], str | None], keras.Model]
+    preprocessing: str
+    default_size: int
+    description: str = ""
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """The pixel range the backbone's own first layer receives."""
+        return PREPROCESSING[self.preprocessing]
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
+    """Add a backbone to the registry (how users plug in their own)."""
+    if spec.preprocessing not in PREPROCESSING:
+        raise ValueError(f"preprocessing={spec.preprocessing!r} is unknown: expected one of {sorted(PREPROCESSING)}.")
+    if spec.name in _REGISTRY and not overwrite:
+        raise ValueError(f"backbone {spec.name!r} is already registered; pass overwrite=True to replace it.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def available_backbones() -> tuple[str, ...]:
+    """Names of all registered backbones, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The spec registered under ``name``; an unknown name lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}. Known backbones: {', '.join(available_backbones())}.") from None
+
+
+def preprocessing_layer(mode: str) -> keras.layers.Layer:
+    """The layer mapping raw 0–255 RGB to the range ``mode`` names."""
+    low, high = PREPROCESSING[mode]
+    scale = (high - low) / 255.0
+    return keras.layers.Rescaling(scale=scale, offset=low, name=f"preprocess_{mode}")
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    image_size: int | None = None,
+    *,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    bn_mode: str = "auto",
+) -> keras.Model:
+    """Raw 0–255 RGB in, class probabilities out: preprocessing → backbone → pooling → dropout → dense.
+
+    ``weights``: ``"imagenet"`` (downloads; needs internet), ``None`` (random init) or the
+    path of a local weights file for the backbone. ``bn_mode``: ``"frozen"`` calls the
+    backbone with ``training=False`` so BatchNorm keeps its statistics (right for pretrained
+    weights, R13); ``"train"`` lets BatchNorm update; ``"auto"`` freezes only pretrained
+    BatchNorm. There is no hidden Dense layer in the head (R17).
+    """
+    spec = get_backbone(backbone)
+    size = image_size or spec.default_size
+    if weights not in (None, "imagenet"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {str(path)!r} does not exist.")
+        weights = str(path)
+    inputs = keras.Input(shape=(size, size, 3), name="image")
+    x = preprocessing_layer(spec.preprocessing)(inputs)
+    extractor = spec.build((size, size, 3), weights)
+    frozen_bn = bn_mode == "frozen" or (bn_mode == "auto" and weights is not None)
+    x = extractor(x, training=False) if frozen_bn else extractor(x)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
+    return keras.Model(inputs, outputs, name=f"carlib_{spec.name}")
+
+
+def _applications(constructor_name: str, **extra) -> Callable[[tuple[int, int, int], str | None], keras.Model]:
+    """A builder for a ``keras.applications`` model without its top."""
+
+    def build(input_shape, weights):
+        constructor = getattr(keras.applications, constructor_name)
+        return constructor(include_top=False, weights=weights, input_shape=input_shape, pooling=None, **extra)
+
+    return build
+
+
+def _simple_cnn(input_shape, weights, widths=(32, 64, 128, 192)) -> keras.Model:
+    """A small plain CNN for CPUs and from-scratch training: [conv-BN-ReLU ×2, pool] per width."""
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    for i, width in enumerate(widths):
+        for j in range(2):
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i}_conv{j}")(x)
+            x = keras.layers.BatchNormalization(name=f"block{i}_bn{j}")(x)
+            x = keras.layers.ReLU(name=f"block{i}_relu{j}")(x)
+        if i < len(widths) - 1:
+            x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)
+    model = keras.Model(inputs, x, name="simple_cnn")
+    if weights == "imagenet":
+        raise ValueError("simple_cnn has no ImageNet weights: use weights=None or a local weights file.")
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+for _spec in (
+    BackboneSpec("simple_cnn", _simple_cnn, "unit", 64, "small plain CNN, fast from scratch on a CPU"),
+    BackboneSpec("xception", _applications("Xception"), "symmetric", 299, "Xception (keras.applications)"),
+    BackboneSpec("efficientnet_b0", _applications("EfficientNetB0"), "raw", 224, "EfficientNetB0, rescales inside"),
+    BackboneSpec("efficientnet_b3", _applications("EfficientNetB3"), "raw", 300, "EfficientNetB3, rescales inside"),
+    BackboneSpec(
+        "efficientnet_v2_b0",
+        _applications("EfficientNetV2B0", include_preprocessing=True),
+        "raw",
+        224,
+        "EfficientNetV2B0 with its preprocessing inside",
+    ),
+    BackboneSpec(
+        "efficientnet_v2_s",
+        _applications("EfficientNetV2S", include_preprocessing=True),
+        "raw",
+        384,
+        "EfficientNetV2S with its preprocessing inside",
+    ),
+    BackboneSpec(
+        "mobilenet_v3_small",
+        _applications("MobileNetV3Small", include_preprocessing=True),
+        "raw",
+        224,
+        "MobileNetV3Small with its preprocessing inside; fast on CPUs",
+    ),
+    BackboneSpec(
+        "convnext_tiny",
+        _applications("ConvNeXtTiny", include_preprocessing=True),
+        "raw",
+        224,
+        "ConvNeXtTiny with its preprocessing inside; too slow for CPUs",
+    ),
+):
+    register_backbone(_spec)
+del _spec

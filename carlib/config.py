@@ -1,0 +1,241 @@
+"""The one parameter vocabulary of carlib: a frozen, validated experiment config.
+
+Every entry point (the Python API, notebook parameters injected by papermill, YAML
+parameter files, CLI flags) ends up in :class:`ExperimentConfig`. Values may arrive as
+strings (papermill ``-r``, YAML's ``1e-3``, the CLI), so each field is coerced to its
+declared type; unknown names and out-of-range values fail before any data is touched,
+naming the parameter, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["ConfigError", "ExperimentConfig", "PARAMETER_NAMES", "default_results_dir"]
+
+RESULTS_DIR_ENV = "CARLIB_RESULTS_DIR"
+
+# Frequent spellings from other libraries, so the error can point at carlib's name.
+_ALIASES = {
+    "learning_rate": "lr",
+    "lr_schedule": "schedule",
+    "img_size": "image_size",
+    "size": "image_size",
+    "input_size": "image_size",
+    "bs": "batch_size",
+    "n_epochs": "epochs",
+    "num_epochs": "epochs",
+    "model": "backbone",
+    "arch": "backbone",
+    "aug": "augmentation",
+    "augment": "augmentation",
+    "validation_split": "val_split",
+    "val_size": "val_split",
+    "data_path": "data_dir",
+    "data": "data_dir",
+    "random_seed": "seed",
+    "out_dir": "results_dir",
+    "output_dir": "results_dir",
+    "n_seeds": "seeds",
+    "repeats": "seeds",
+}
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range."""
+
+
+def default_results_dir() -> str:
+    """The results store used when ``results_dir`` is not given.
+
+    ``$CARLIB_RESULTS_DIR`` if set (the test suite uses it to keep notebook runs out of
+    the source tree), else ``results`` under the current directory.
+    """
+    return os.environ.get(RESULTS_DIR_ENV) or "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Every hyperparameter of one training run.
+
+    ``None`` means "use the default of the chosen component": ``image_size`` falls back
+    to the backbone's default size, ``data_dir`` to the embedded synthetic dataset,
+    ``results_dir`` to :func:`default_results_dir`. :meth:`resolved` fills them in; the
+    resolved config is what a run records.
+    """
+
+    study: str = "adhoc"
+    data_dir: str | None = None
+    backbone: str = "simple_cnn"
+    weights: str | None = None
+    image_size: int | None = None
+    batch_size: int = 32
+    epochs: int = 10
+    lr: float = 1e-3
+    schedule: str = "constant"
+    lr_boundaries: tuple[int, ...] = ()
+    lr_factor: float = 0.1
+    warmup_epochs: int = 0
+    lr_patience: int = 2
+    optimizer: str = "adam"
+    augmentation: str = "light"
+    dropout: float = 0.2
+    bn_mode: str = "auto"
+    val_split: float = 0.2
+    seed: int = 0
+    results_dir: str | None = None
+
+    # ----------------------------------------------------------------- construction
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = _coerce(field.name, getattr(self, field.name), _FIELD_TYPES[field.name])
+            object.__setattr__(self, field.name, value)
+        self._validate()
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any] | None = None, **overrides: Any) -> "ExperimentConfig":
+        """Build a config from a mapping (YAML, papermill parameters, CLI), failing on unknown keys."""
+        merged = {**(params or {}), **overrides}
+        check_known(merged, PARAMETER_NAMES)
+        return cls(**merged)
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        """A copy with some fields changed (validated like a new config)."""
+        check_known(changes, PARAMETER_NAMES)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable fields (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def resolved(self) -> "ExperimentConfig":
+        """Fill every ``None`` default from the component it depends on."""
+        from carlib import backbones
+        from carlib.data import embedded
+
+        spec = backbones.get_backbone(self.backbone)
+        return self.replace(
+            image_size=self.image_size or spec.default_size,
+            data_dir=str(Path(self.data_dir).expanduser().resolve()) if self.data_dir else str(embedded.embedded_data_dir()),
+            results_dir=str(Path(self.results_dir or default_results_dir()).expanduser().resolve()),
+        )
+
+    # ------------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        from carlib import augment, backbones, schedules
+
+        _check(self.lr > 0, "lr", self.lr, "a positive number, e.g. 1e-3")
+        _check(0 <= self.val_split < 1, "val_split", self.val_split, "a fraction in [0, 1); 0 trains on everything without validation")
+        _check(self.image_size is None or self.image_size >= 16, "image_size", self.image_size, "an integer >= 16 (pixels), or None for the backbone's default")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(0 <= self.dropout < 1, "dropout", self.dropout, "a fraction in [0, 1)")
+        _check(0 < self.lr_factor <= 1, "lr_factor", self.lr_factor, "a factor in (0, 1]")
+        _check(self.lr_patience >= 1, "lr_patience", self.lr_patience, "an integer >= 1 (epochs without improvement)")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "an integer >= 0")
+        _check(all(b >= 1 for b in self.lr_boundaries), "lr_boundaries", self.lr_boundaries, "epoch numbers >= 1")
+        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _choice("backbone", self.backbone, backbones.available_backbones())
+        _choice("schedule", self.schedule, schedules.SCHEDULES)
+        _choice("optimizer", self.optimizer, tuple(_OPTIMIZERS))
+        _choice("bn_mode", self.bn_mode, ("auto", "frozen", "train"))
+        augment.check_augmentation(self.augmentation)
+        if self.weights not in (None, "imagenet") and not Path(self.weights).expanduser().is_file():
+            raise ConfigError(
+                f"weights={self.weights!r}: no such file. Use 'imagenet' (needs internet), "
+                "None (random initialisation), or the path of a local weights file "
+                "(e.g. one saved with model.save_weights('backbone.weights.h5'))."
+            )
+
+
+_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
+
+PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
+_FIELD_TYPES = typing.get_type_hints(ExperimentConfig)
+
+
+def optimizer_class_name(name: str) -> str:
+    """The ``keras.optimizers`` class for a carlib optimizer name."""
+    return _OPTIMIZERS[name]
+
+
+def check_known(params: Mapping[str, Any], known: tuple[str, ...] | list[str]) -> None:
+    """Fail on any key of ``params`` not in ``known``, suggesting the closest valid names."""
+    unknown = [k for k in params if k not in known]
+    if not unknown:
+        return
+    messages = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        alias = _ALIASES.get(key.lower().replace("-", "_"))
+        if alias in known and alias not in close:
+            close.insert(0, alias)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        messages.append(f"unknown parameter {key!r}.{hint}")
+    raise ConfigError(" ".join(messages) + f" Known parameters: {', '.join(sorted(known))}.")
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is out of range: expected {allowed}.")
+
+
+def _choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(value, list(allowed), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown {name} {value!r}.{hint} Known: {', '.join(sorted(allowed))}.")
+
+
+_NONE_STRINGS = {"", "none", "null", "~"}
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` to the field's declared type, accepting the string forms papermill/YAML/CLI produce."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # Optional[...]
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_STRINGS):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(name, v, item_type) for v in value)
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in {"true", "1", "yes"}:
+                    return True
+                if lowered in {"false", "0", "no"}:
+                    return False
+                raise ValueError
+            return bool(value)
+        if annotation is int:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value) if isinstance(value, str) else value
+            if float(number) != int(number):
+                raise ValueError
+            return int(number)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, (str, os.PathLike)):
+                raise ValueError
+            return os.fspath(value)
+    except (TypeError, ValueError, OverflowError):
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[annotation]
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected {kind}.") from None
+    raise TypeError(f"unsupported annotation {annotation!r} for {name}")
