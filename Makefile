@@ -1,0 +1,59 @@
+# carlib: `make demo` runs the studies on the embedded data; `make test` runs every test.
+# Both create .venv and install carlib with its pinned dependencies first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.carlib-installed
+BUILD  := build
+# Where `make demo` writes its results store, executed notebooks and plots (all git-ignored).
+DEMO_RESULTS   := results
+DEMO_NOTEBOOKS := $(BUILD)/notebooks
+# The LR study of the demo: one quick preset, three starting learning rates.
+DEMO_LRS := 3e-4 1e-3 3e-3
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install data test unit-test notebook-test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "carlib needs Python >= 3.11, found " + sys.version' 
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (carlib)" >/dev/null
+	touch $(STAMP)
+
+data: install
+	$(PY) -m carlib data generate
+
+unit-test: install
+	$(PY) -m pytest tests/
+
+# nbval runs each notebook in its own folder with its default (tiny) parameters, in this
+# interpreter's environment; its results go to an ignored folder, not notebooks/.
+notebook-test: install
+	CARLIB_RESULTS_DIR=$(abspath $(BUILD))/nbval-results $(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
+
+test: unit-test notebook-test
+
+demo: data
+	@mkdir -p $(DEMO_NOTEBOOKS)
+	@for lr in $(DEMO_LRS); do \
+	  echo "== LR study, lr=$$lr"; \
+	  $(VENV)/bin/papermill notebooks/lr_study.ipynb $(DEMO_NOTEBOOKS)/lr_study-lr$$lr.ipynb \
+	    -f params/lr_study/quick.yaml -p lr $$lr -p results_dir $(DEMO_RESULTS) -k python3 --log-level WARNING || exit 1; \
+	done
+	@echo; echo "== Combined results table ($(DEMO_RESULTS)/)"
+	@$(PY) -m carlib results --results-dir $(DEMO_RESULTS)
+	@echo; echo "== LR study summary (mean and std across seeds)"
+	@$(PY) -m carlib results --results-dir $(DEMO_RESULTS) --study lr_study --summary
+	@echo; echo "Executed notebooks: $(DEMO_NOTEBOOKS)/"; \
+	 echo "Plots and models:   $(DEMO_RESULTS)/runs/<run_id>/ (learning_curves.png, history.csv, best.keras, last.keras)"
+
+clean:
+	rm -rf $(BUILD) $(VENV)
