@@ -12,7 +12,7 @@ DEMO_NOTEBOOKS := $(BUILD)/notebooks
 # The LR study of the demo: one quick preset, three starting learning rates.
 DEMO_LRS := 3e-4 1e-3 3e-3
 
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 

@@ -12,7 +12,7 @@ The public API is importable from here; submodules are loaded on first use, so
 import os as _os
 
 # Keep TensorFlow's C++ start-up chatter and albumentations' update check out of notebooks.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"

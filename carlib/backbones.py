@@ -21,6 +21,8 @@ __all__ = [
     "available_backbones",
     "build_model",
     "preprocessing_layer",
+    "feature_extractor",
+    "InferenceModeBackbone",
     "PREPROCESSING",
 ]
 
@@ -114,13 +116,57 @@ def build_model(
     x = preprocessing_layer(spec.preprocessing)(inputs)
     extractor = spec.build((size, size, 3), weights)
     frozen_bn = bn_mode == "frozen" or (bn_mode == "auto" and weights is not None)
-    x = extractor(x, training=False) if frozen_bn else extractor(x)
+    x = InferenceModeBackbone(extractor, name="backbone_inference_mode")(x) if frozen_bn else extractor(x)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
     return keras.Model(inputs, outputs, name=f"carlib_{spec.name}")
+
+
+@keras.saving.register_keras_serializable(package="carlib")
+class InferenceModeBackbone(keras.layers.Layer):
+    """Runs the wrapped backbone with ``training=False`` even while the model trains.
+
+    Keras 3's ``fit`` re-passes ``training=True`` through a functional graph, overriding a
+    ``backbone(x, training=False)`` written when the model was built (keras-team/keras#20285),
+    so BatchNorm statistics would drift during fine-tuning (R13). Inside this layer the
+    argument is fixed; the backbone's weights stay trainable.
+    """
+
+    def __init__(self, backbone: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def build(self, input_shape):
+        self.backbone.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return self.backbone(inputs, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.backbone.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The backbone inside a model built by :func:`build_model`."""
+    for layer in model.layers:
+        if isinstance(layer, InferenceModeBackbone):
+            return layer.backbone
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ValueError(f"model {model.name!r} has no backbone sub-model")
 
 
 def _applications(constructor_name: str, **extra) -> Callable[[tuple[int, int, int], str | None], keras.Model]:
@@ -140,7 +186,9 @@ def _simple_cnn(input_shape, weights, widths=(32, 64, 128, 192)) -> keras.Model:
     for i, width in enumerate(widths):
         for j in range(2):
             x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i}_conv{j}")(x)
-            x = keras.layers.BatchNormalization(name=f"block{i}_bn{j}")(x)
+            # momentum 0.9, not Keras' 0.99: short CPU runs take a few hundred steps, and the
+            # slow default leaves the moving statistics (used at validation) near their init.
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i}_bn{j}")(x)
             x = keras.layers.ReLU(name=f"block{i}_relu{j}")(x)
         if i < len(widths) - 1:
             x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)

@@ -83,17 +83,24 @@ def study_summary(study: str, results_dir: str | None = None, metric: str = "val
 
 
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
-_PARAMETER_TYPES = (int, float, str, bool, type(None), list, tuple, dict)
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _is_parameter_value(value: Any) -> bool:
+    # Parameters are scalars or lists of scalars; results such as a list of records are not.
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, _SCALARS) for v in value)
+    return isinstance(value, _SCALARS)
 
 
 def notebook_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The study parameters defined in a notebook's namespace (its ``parameters`` cell and papermill's injection).
 
-    Every plain value (number, string, None, list) that is not private counts as a
+    Every plain value (number, string, None, list of those) that is not private counts as a
     parameter, so a misspelt ``papermill -p learning_rate …`` fails loudly, with the closest
     valid names, instead of being ignored.
     """
     found = {k: v for k, v in namespace.items()
-             if not k.startswith("_") and k not in _IPYTHON_NAMES and isinstance(v, _PARAMETER_TYPES)}
+             if not k.startswith("_") and k not in _IPYTHON_NAMES and _is_parameter_value(v)}
     check_known(found, STUDY_PARAMETERS)
     return found
