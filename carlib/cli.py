@@ -36,14 +36,14 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     from carlib.results import load_results
-    from carlib.studies import STUDIES, summarize
+    from carlib.studies import STUDIES, get_study, summarize
 
     frame = load_results(args.results_dir, study=args.study)
     if args.summary:
         if not args.study:
             print("--summary needs --study NAME (known: " + ", ".join(sorted(STUDIES)) + ")", file=sys.stderr)
             return 2
-        frame = summarize(frame, STUDIES[args.study].scientific).reset_index()
+        frame = summarize(frame, get_study(args.study).scientific).reset_index()
     elif args.columns:
         missing = [c for c in args.columns if c not in frame.columns]
         if missing:

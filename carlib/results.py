@@ -80,19 +80,22 @@ class ResultsStore:
         found = []
         for path in sorted(self.records_dir.iterdir()):
             if path.name.startswith(".") or path.suffix != ".json":
-                if not path.name.startswith("."):
+                if path.suffix == ".tmp":
+                    warnings.warn(f"results store: skipping temporary file {str(path)!r} "
+                                  "(a write in progress, or left by an interrupted writer)", stacklevel=2)
+                elif not path.name.startswith("."):
                     warnings.warn(f"results store: ignoring foreign file {str(path)!r}", stacklevel=2)
                 continue
             try:
                 record = json.loads(path.read_text())
-                if not isinstance(record, dict) or "run_id" not in record or "config" not in record:
+                if not isinstance(record, dict) or "run_id" not in record or not isinstance(record.get("config"), dict):
                     raise ValueError("not a carlib run record")
             except (OSError, ValueError) as err:
                 warnings.warn(f"results store: skipping unreadable record {str(path)!r} ({err})", stacklevel=2)
                 continue
             if study is None or record.get("study") == study:
                 found.append(record)
-        return sorted(found, key=lambda r: (r.get("started_at", ""), r["run_id"]))
+        return sorted(found, key=lambda r: (str(r.get("started_at") or ""), str(r["run_id"])))
 
     def table(self, study: str | None = None) -> pd.DataFrame:
         """The combined results table: one row per run, config fields and metrics as columns."""
@@ -133,10 +136,10 @@ def _cell(value: Any) -> Any:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy arrays and scalars (an array's .item() fails unless it has one element)
         return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"cannot store {type(value).__name__} in a run record")

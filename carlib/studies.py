@@ -13,7 +13,6 @@ from typing import Any, Mapping
 import pandas as pd
 
 from carlib.config import PARAMETER_NAMES, ConfigError, ExperimentConfig, check_known
-from carlib.experiment import run_experiment
 from carlib.results import load_results
 
 __all__ = ["StudySpec", "STUDIES", "run_study", "summarize", "study_summary", "notebook_parameters",
@@ -59,6 +58,8 @@ def run_study(study: str, *, seeds: int = 1, **params: Any) -> list[dict[str, An
         raise ConfigError(f"seeds={seeds!r} has the wrong type: expected an integer >= 1.") from None
     if seeds < 1:
         raise ConfigError(f"seeds={seeds!r} is out of range: expected an integer >= 1 (runs per configuration).")
+    from carlib.experiment import run_experiment  # TensorFlow loads here, not for summaries
+
     base = ExperimentConfig.from_dict(params, study=study)
     return [run_experiment(base.replace(seed=base.seed + i)) for i in range(seeds)]
 

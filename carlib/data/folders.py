@@ -135,9 +135,9 @@ def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[n
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         rng.shuffle(members)
-        n_val = int(round(len(members) * val_split))
-        if val_split > 0 and len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
+        n_val = 0
+        if val_split > 0 and len(members) >= 2:  # a single image stays in training
+            n_val = min(max(int(round(len(members) * val_split)), 1), len(members) - 1)
         val_idx.extend(members[:n_val])
         train_idx.extend(members[n_val:])
     return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(np.asarray(val_idx, dtype=np.int64))
