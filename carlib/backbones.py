@@ -179,17 +179,21 @@ def _applications(constructor_name: str, **extra) -> Callable[[tuple[int, int, i
     return build
 
 
-def _simple_cnn(input_shape, weights, widths=(32, 64, 128, 192)) -> keras.Model:
-    """A small plain CNN for CPUs and from-scratch training: [conv-BN-ReLU ×2, pool] per width."""
+def _simple_cnn(input_shape, weights, widths=(16, 32, 64, 128)) -> keras.Model:
+    """A small plain CNN for CPUs and from-scratch training: conv-BN-ReLU then 2× max-pool per width.
+
+    Narrow early stages keep it cheap: ~16 M multiply-adds per 64 px image, about 5× faster
+    on 2 cores than two 32–192-wide convolutions per stage, and no slower to learn on the
+    embedded data (docs/NOTES.md).
+    """
     inputs = keras.Input(shape=input_shape)
     x = inputs
     for i, width in enumerate(widths):
-        for j in range(2):
-            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i}_conv{j}")(x)
-            # momentum 0.9, not Keras' 0.99: short CPU runs take a few hundred steps, and the
-            # slow default leaves the moving statistics (used at validation) near their init.
-            x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i}_bn{j}")(x)
-            x = keras.layers.ReLU(name=f"block{i}_relu{j}")(x)
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        # momentum 0.9, not Keras' 0.99: short CPU runs take a few hundred steps, and the
+        # slow default leaves the moving statistics (used at validation) near their init.
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
         if i < len(widths) - 1:
             x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)
     model = keras.Model(inputs, x, name="simple_cnn")

@@ -115,7 +115,7 @@ def test_bn_mode_decides_whether_batchnorm_statistics_move(bn_mode, changes):
 def test_frozen_batchnorm_backbone_still_learns_and_reloads(tmp_path):
     model = build_model("simple_cnn", num_classes=2, image_size=32, bn_mode="frozen")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    kernel = model.get_layer("backbone_inference_mode").backbone.get_layer("block0_conv0").kernel
+    kernel = model.get_layer("backbone_inference_mode").backbone.get_layer("block0_conv").kernel
     before = kernel.numpy().copy()
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     model.train_on_batch(x, np.array([0, 1] * 4))
