@@ -34,6 +34,12 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
     return params
 
 
+# The columns `carlib results` shows in a terminal by default.
+COMPACT_COLUMNS = ("run_id", "study", "status", "backbone", "image_size", "lr", "schedule", "augmentation",
+                   "val_split", "seed", "epochs", "val_accuracy_best", "val_accuracy_last", "best_epoch", "total_s",
+                   "error")
+
+
 def _cmd_results(args: argparse.Namespace) -> int:
     from carlib.results import load_results
     from carlib.studies import STUDIES, get_study, summarize
@@ -50,6 +56,9 @@ def _cmd_results(args: argparse.Namespace) -> int:
             print(f"unknown column(s) {', '.join(missing)}; available: {', '.join(frame.columns)}", file=sys.stderr)
             return 2
         frame = frame[args.columns]
+    elif args.format == "table" and not args.all_columns:
+        # A terminal cannot show ~40 columns: the leading ones identify and score each run.
+        frame = frame[[c for c in COMPACT_COLUMNS if c in frame.columns]]
     if args.format == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     elif args.format == "markdown":
@@ -94,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
     results.add_argument("--summary", action="store_true", help="mean and std across seeds per configuration")
     results.add_argument("--columns", nargs="+", default=None, help="only these columns")
+    results.add_argument("--all-columns", action="store_true",
+                         help="the table format shows every column (csv and markdown always do)")
 
     run = sub.add_parser("run", help="train and evaluate one configuration over --seeds seeds")
     run.add_argument("--params", default=None, help="YAML file of parameters; flags override it")
@@ -113,8 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``carlib`` console script."""
     from carlib.config import PARAMETER_NAMES, ConfigError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
     try:
+        if unknown:
+            flags = [u.split("=")[0] for u in unknown if u.startswith("--")]
+            if args.command != "run" or not flags:
+                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            from carlib.config import check_known
+            from carlib.studies import STUDY_PARAMETERS
+
+            check_known({f[2:].replace("-", "_"): None for f in flags}, STUDY_PARAMETERS)
         if args.command == "results":
             return _cmd_results(args)
         if args.command == "data":

@@ -52,9 +52,22 @@ def test_results_table_lists_every_run(store, capsys):
     for run_id in store.ids:
         assert run_id in out
     header = out.splitlines()[0].split()
-    assert header[:4] == ["run_id", "study", "status", "started_at"]
-    assert "lr" in header and "val_accuracy_best" in header
+    assert header[:4] == ["run_id", "study", "status", "backbone"]
+    assert "val_accuracy_best" in header and "run_dir" not in header  # compact by default
+    assert "lr" in header
     assert len(out.strip().splitlines()) == 1 + len(store.ids)
+
+
+def test_results_all_columns_shows_every_field(store, capsys):
+    assert main(["results", "--results-dir", str(store.root), "--all-columns"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert {"started_at", "run_dir", "lr_factor", "optimizer"} <= set(header)
+
+
+def test_run_misspelt_flag_suggests_the_right_one(capsys):
+    assert main(["run", "--learning-rate", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter 'learning_rate'" in err and "'lr'" in err
 
 
 def test_results_csv_parses_back(store, capsys):
