@@ -14,6 +14,8 @@ from typing import Callable
 
 import keras
 
+from carlib import hub  # also registers carlib>HubBackbone, so .keras files holding one deserialize
+
 __all__ = [
     "BackboneSpec",
     "register_backbone",
@@ -74,7 +76,13 @@ def available_backbones() -> tuple[str, ...]:
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The spec registered under ``name``; an unknown name lists the known ones."""
+    """The spec registered under ``name``; an unknown name lists the known ones.
+
+    ``hub:<handle or SavedModel folder>`` names a TF-Hub-style feature extractor
+    (:mod:`carlib.hub`); its spec is made on demand (input range ``unit``, 224 px by default).
+    """
+    if hub.is_hub_backbone(name):
+        return hub.hub_backbone_spec(name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -96,16 +104,27 @@ def build_model(
     weights: str | None = None,
     dropout: float = 0.2,
     bn_mode: str = "auto",
+    hidden_units: int = 0,
+    head_batchnorm: bool = False,
+    input_range: str | None = None,
 ) -> keras.Model:
-    """Raw 0–255 RGB in, class probabilities out: preprocessing → backbone → pooling → dropout → dense.
+    """Raw 0–255 RGB in, class probabilities out: preprocessing → backbone → pooling → head → dense.
 
     ``weights``: ``"imagenet"`` (downloads; needs internet), ``None`` (random init) or the
     path of a local weights file for the backbone. ``bn_mode``: ``"frozen"`` calls the
     backbone with ``training=False`` so BatchNorm keeps its statistics (right for pretrained
     weights, R13); ``"train"`` lets BatchNorm update; ``"auto"`` freezes only pretrained
-    BatchNorm. There is no hidden Dense layer in the head (R17).
+    BatchNorm (ImageNet weights, a weights file, or a ``hub:`` SavedModel).
+
+    The head: global average pooling → [BatchNorm if ``head_batchnorm`` (R16)] →
+    [``Dense(hidden_units, relu)`` if ``hidden_units`` > 0; none by default, R17] → dropout →
+    ``Dense(num_classes)`` in float32. ``input_range`` overrides the spec's preprocessing mode
+    (a key of :data:`PREPROCESSING`; used for ``hub:`` backbones, whose range is a parameter).
     """
     spec = get_backbone(backbone)
+    preprocessing = input_range or spec.preprocessing
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"input_range={preprocessing!r} is unknown: expected one of {sorted(PREPROCESSING)}.")
     size = image_size or spec.default_size
     if weights not in (None, "imagenet"):
         path = Path(weights).expanduser()
@@ -113,16 +132,31 @@ def build_model(
             raise FileNotFoundError(f"weights file {str(path)!r} does not exist.")
         weights = str(path)
     inputs = keras.Input(shape=(size, size, 3), name="image")
-    x = preprocessing_layer(spec.preprocessing)(inputs)
+    x = preprocessing_layer(preprocessing)(inputs)
     extractor = spec.build((size, size, 3), weights)
-    frozen_bn = bn_mode == "frozen" or (bn_mode == "auto" and weights is not None)
+    is_hub = hub.is_hub_backbone(spec.name)
+    if is_hub and bn_mode == "train" and not _hub_layer(extractor).accepts_training:
+        raise ValueError(f"bn_mode='train' needs a SavedModel whose endpoint takes a training argument; "
+                         f"{spec.name!r} uses {_hub_layer(extractor).call_endpoint!r}, which always runs in "
+                         "inference mode. Use bn_mode='auto' or 'frozen'.")
+    pretrained = weights is not None or is_hub
+    frozen_bn = bn_mode == "frozen" or (bn_mode == "auto" and pretrained)
     x = InferenceModeBackbone(extractor, name="backbone_inference_mode")(x) if frozen_bn else extractor(x)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if head_batchnorm:
+        # momentum 0.9 for the same reason as in simple_cnn: short runs leave 0.99's statistics near init.
+        x = keras.layers.BatchNormalization(momentum=0.9, name="head_bn")(x)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu", name="head_hidden")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
-    return keras.Model(inputs, outputs, name=f"carlib_{spec.name}")
+    return keras.Model(inputs, outputs, name="carlib_hub" if is_hub else f"carlib_{spec.name}")
+
+
+def _hub_layer(extractor: keras.Model):
+    return next(layer for layer in extractor.layers if isinstance(layer, hub.HubBackbone))
 
 
 @keras.saving.register_keras_serializable(package="carlib")
@@ -167,6 +201,23 @@ def feature_extractor(model: keras.Model) -> keras.Model:
         if isinstance(layer, keras.Model):
             return layer
     raise ValueError(f"model {model.name!r} has no backbone sub-model")
+
+
+def load_model(path, *, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` file saved by carlib, ``hub:`` backbones included.
+
+    A model holding a :class:`carlib.hub.HubBackbone` re-opens its SavedModel, which Keras
+    refuses in safe mode (a SavedModel carries graph code); such files are loaded with
+    ``safe_mode=False``, everything else with Keras' defaults. Load only files you trust.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist.")
+    with zipfile.ZipFile(path) as archive:
+        holds_savedmodel = "carlib>HubBackbone" in archive.read("config.json").decode()
+    return keras.models.load_model(path, compile=compile, safe_mode=not holds_savedmodel)
 
 
 def _applications(constructor_name: str, **extra) -> Callable[[tuple[int, int, int], str | None], keras.Model]:

@@ -1,7 +1,8 @@
 """Learning-rate schedules by name (R10): ``constant``, ``step``, ``plateau``, ``cosine``.
 
-Each is a Keras callback; the learning rate of every epoch lands in the run's history
-(column ``learning_rate``), so a learning-curve plot can show it.
+One callback (:class:`LearningRateController`) implements them all, with an optional linear
+warm-up; the learning rate of every epoch lands in the run's history (column
+``learning_rate``), so a learning-curve plot can show it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 
 import keras
 
-__all__ = ["SCHEDULES", "lr_at_epoch", "schedule_callbacks", "step_boundaries"]
+__all__ = ["SCHEDULES", "LearningRateController", "lr_at_epoch", "schedule_callbacks", "step_boundaries"]
 
 SCHEDULES = ("constant", "step", "plateau", "cosine")
 
@@ -44,28 +45,69 @@ def lr_at_epoch(epoch: int, *, lr: float, schedule: str, epochs: int, lr_factor:
     raise ValueError(f"unknown schedule {schedule!r}. Known: {', '.join(SCHEDULES)}.")
 
 
-class _LearningRateLogger(keras.callbacks.Callback):
-    """Writes the optimizer's current learning rate into each epoch's logs."""
+class LearningRateController(keras.callbacks.Callback):
+    """Sets the learning rate each epoch for every schedule, and logs it (``learning_rate``).
+
+    One callback for warm-up, the epoch-wise schedules and ``plateau`` (the rule of
+    ``keras.callbacks.ReduceLROnPlateau``: multiply by ``lr_factor`` after ``lr_patience``
+    epochs whose ``monitor`` did not improve by ``min_delta``, never below ``lr * 1e-4``),
+    because two interacting callbacks got warm-up wrong: the plateau detector counted
+    epochs while the LR was still ramping up, and the first post-warm-up epoch kept the
+    ramped value. Here the plateau detector starts after the warm-up, and the first epoch
+    after it runs at ``lr``.
+
+    Its state survives several ``fit`` calls (fine-tuning stages continue one schedule with
+    ``initial_epoch``); :attr:`scale` multiplies the whole schedule, which is how a stage
+    that unfreezes the backbone trains at ``lr × finetune_lr_factor``.
+    """
+
+    def __init__(self, config, *, monitor: str, min_delta: float = 1e-4):
+        super().__init__()
+        self.config = config
+        self.monitor = monitor
+        self.mode = "min" if monitor.endswith("loss") else "max"
+        self.min_delta = min_delta
+        self.scale = 1.0
+        self.reductions = 0  # plateau: how many times the LR was cut
+        self.best: float | None = None
+        self.wait = 0
+
+    def base_lr(self, epoch: int) -> float:
+        """The schedule's learning rate for 0-based ``epoch``, before :attr:`scale`."""
+        config = self.config
+        if config.schedule == "plateau" and epoch >= config.warmup_epochs:
+            return max(config.lr * config.lr_factor ** self.reductions, config.lr * 1e-4)
+        return lr_at_epoch(epoch, lr=config.lr, schedule=config.schedule, epochs=config.epochs,
+                           lr_factor=config.lr_factor, lr_boundaries=config.lr_boundaries,
+                           warmup_epochs=config.warmup_epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.learning_rate = self.scale * self.base_lr(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs = logs if logs is not None else {}
+        if self.config.schedule == "plateau" and epoch >= self.config.warmup_epochs:
+            self._watch_plateau(logs.get(self.monitor))
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def _watch_plateau(self, current) -> None:
+        if current is None or not math.isfinite(current):
+            return
+        improved = self.best is None or (current < self.best - self.min_delta if self.mode == "min"
+                                         else current > self.best + self.min_delta)
+        if improved:
+            self.best, self.wait = current, 0
+            return
+        self.wait += 1
+        if self.wait >= self.config.lr_patience:
+            self.reductions += 1
+            self.wait = 0
 
 
 def schedule_callbacks(config, *, monitor: str) -> list[keras.callbacks.Callback]:
-    """The callbacks that implement ``config.schedule``; ``monitor`` is what ``plateau`` watches."""
-    callbacks: list[keras.callbacks.Callback] = []
-    if config.schedule != "constant" or config.warmup_epochs:
-        def schedule(epoch, current_lr):
-            if config.schedule == "plateau" and epoch >= config.warmup_epochs:
-                return current_lr  # ReduceLROnPlateau owns the LR after the warm-up
-            return lr_at_epoch(epoch, lr=config.lr, schedule=config.schedule, epochs=config.epochs,
-                               lr_factor=config.lr_factor, lr_boundaries=config.lr_boundaries,
-                               warmup_epochs=config.warmup_epochs)
-        callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
-    if config.schedule == "plateau":
-        mode = "min" if monitor.endswith("loss") else "max"
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=config.lr_factor,
-                                                           patience=config.lr_patience, min_lr=config.lr * 1e-4))
-    callbacks.append(_LearningRateLogger())
-    return callbacks
+    """The callbacks that implement ``config.schedule``; ``monitor`` is what ``plateau`` watches.
+
+    One :class:`LearningRateController`; keep the same instance across the ``fit`` calls of
+    one run so that the schedule, the plateau state and the stage scale carry over.
+    """
+    return [LearningRateController(config, monitor=monitor)]
