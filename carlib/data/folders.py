@@ -12,11 +12,12 @@ import numpy as np
 
 from carlib.data.archives import extract_archive
 from carlib.data.embedded import cache_root, embedded_data_dir, ensure_embedded_data
+from carlib.data.screen import (IMAGE_EXTENSIONS, OS_JUNK_FOLDERS, DataError, DataWarning, describe_files,
+                                screen_images, skip_reason)
 
-__all__ = ["DataLayout", "ImageList", "prepare_data", "list_class_images", "stratified_split", "IMAGE_EXTENSIONS"]
+__all__ = ["DataLayout", "ImageList", "ClassFolders", "prepare_data", "find_class_folders", "list_class_images",
+           "empty_classes_message", "stratified_split", "sample_images", "IMAGE_EXTENSIONS", "DataError", "DataWarning"]
 
-# What tf.io.decode_image reads.
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 COMPETITION = "sf-dl-car-classification"
 
 
@@ -37,14 +38,29 @@ class ImageList:
     paths: tuple[str, ...]
     labels: np.ndarray
     class_names: tuple[str, ...]
-    skipped: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # files that cannot be used (in class folders, or junk in ignored ones)
+    skip_reasons: tuple[tuple[str, str], ...] = ()  # (file, reason) for each skipped file
+    ignored: tuple[tuple[str, str], ...] = ()  # (folder or file, reason): next to the classes, not a class
+    sources: tuple[str, ...] = ()  # the original file of each path (a converted copy's source); () = paths
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def source_paths(self) -> tuple[str, ...]:
+        """The original file of each image (``paths`` may point at a converted copy in the cache)."""
+        return self.sources or self.paths
+
+    @property
+    def n_converted(self) -> int:
+        """How many images are read from a converted copy (EXIF-rotated, palette BMP, …)."""
+        return sum(a != b for a, b in zip(self.paths, self.source_paths))
+
     def subset(self, indices: np.ndarray) -> "ImageList":
         """The images at ``indices`` (same classes)."""
-        return ImageList(tuple(self.paths[i] for i in indices), self.labels[indices], self.class_names)
+        sources = tuple(self.sources[i] for i in indices) if self.sources else ()
+        return ImageList(tuple(self.paths[i] for i in indices), self.labels[indices], self.class_names,
+                         sources=sources)
 
 
 def _missing_data_message(path: Path) -> str:
@@ -92,35 +108,126 @@ def _class_sort_key(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def list_class_images(train_dir: str | os.PathLike) -> ImageList:
-    """Every image under ``train_dir/<class>/``, labelled by folder (classes in numeric/alphabetical order).
+@dataclasses.dataclass(frozen=True)
+class ClassFolders:
+    """The class folders of a tree and their candidate image files, before any file is opened.
 
-    Files that are not images by extension, and hidden files, are skipped with a warning
-    that names each one; an empty tree is an error.
+    ``files[i]`` are the files of ``folders[i]`` with an image extension; ``skipped`` are the
+    files inside candidate folders that are junk or not images by name, with the reason;
+    ``ignored`` are folders and files next to the classes that are not classes, with the
+    reason; ``numbered``: the classes are numbered folders (the competition's layout).
+    """
+
+    root: Path
+    folders: tuple[Path, ...]
+    files: tuple[tuple[Path, ...], ...]
+    skipped: tuple[tuple[str, str], ...]
+    ignored: tuple[tuple[str, str], ...]
+    numbered: bool
+
+
+def find_class_folders(train_dir: str | os.PathLike) -> ClassFolders:
+    """Find the class folders under ``train_dir`` and their image files by name (nothing is decoded).
+
+    Hidden and OS-junk folders (``__MACOSX``, ``.ipynb_checkpoints``) are never classes, nor
+    are loose files. When the folders holding images are all numbered (the competition's
+    ``train/0 … train/9``), the classes are the numbered folders, and any other folder is
+    ignored. A folder holding no image file is ignored unless it is numbered like the
+    classes: then it is an empty class (see :func:`list_class_images`).
     """
     train_dir = Path(train_dir)
-    class_dirs = sorted(
-        (d for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))),
-        key=lambda d: _class_sort_key(d.name),
-    )
-    paths, labels, skipped = [], [], []
-    for label, class_dir in enumerate(class_dirs):
-        for file in sorted(class_dir.rglob("*")):
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"{str(train_dir)!r} is not a folder: expected one sub-folder per class.")
+    ignored: list[tuple[str, str]] = []
+    candidates = []
+    for entry in sorted(train_dir.iterdir()):
+        if entry.is_file():
+            ignored.append((str(entry), "a file next to the class folders, not inside one"))
+        elif entry.name in OS_JUNK_FOLDERS or entry.name.startswith("__"):
+            ignored.append((str(entry), "OS junk folder"))
+        elif entry.name.startswith("."):
+            ignored.append((str(entry), "hidden folder"))
+        elif entry.is_dir():
+            candidates.append(entry)
+    per_folder: dict[Path, tuple[list[Path], list[tuple[str, str]]]] = {}
+    for folder in candidates:
+        files, skipped = [], []
+        for file in sorted(folder.rglob("*")):
             if not file.is_file():
                 continue
-            if file.name.startswith(".") or file.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append(str(file))
-                continue
-            paths.append(str(file))
-            labels.append(label)
+            reason = skip_reason(file, folder)
+            if reason:
+                skipped.append((str(file), reason))
+            else:
+                files.append(file)
+        per_folder[folder] = (files, skipped)
+    with_images = [f for f in candidates if per_folder[f][0]]
+    numbered = bool(with_images) and all(f.name.isdigit() for f in with_images)
+    classes = []
+    for folder in candidates:
+        files, skipped = per_folder[folder]
+        if numbered and not folder.name.isdigit():
+            ignored.append((str(folder), "not a class folder: the class folders are numbered (0, 1, ...)"))
+        elif not files and not (numbered and folder.name.isdigit()):
+            ignored.append((str(folder), "no image files: not a class folder"))
+        else:
+            classes.append(folder)
+    classes.sort(key=lambda d: _class_sort_key(d.name))
+    # Junk inside ignored folders is named too: every file that is not used is accounted for.
+    skipped = tuple(sorted(item for folder in candidates for item in per_folder[folder][1]))
+    return ClassFolders(train_dir, tuple(classes), tuple(tuple(per_folder[f][0]) for f in classes), skipped,
+                        tuple(sorted(ignored)), numbered)
+
+
+def empty_classes_message(folders: list[Path]) -> str:
+    """The error for class folders without a usable image (shared by training and the dataset check)."""
+    return (f"class folder(s) without a usable image: {', '.join(repr(str(f)) for f in folders)}. An empty class "
+            "would shift the class indices against the labels (classes are numbered by folder order). "
+            "Remove the folder or add images to it.")
+
+
+def list_class_images(train_dir: str | os.PathLike, *, screen: bool = True) -> ImageList:
+    """Every usable image under ``train_dir/<class>/``, labelled by folder (classes in numeric/alphabetical order).
+
+    Class folders are found by :func:`find_class_folders`. With ``screen`` (the default) every
+    file is checked before TensorFlow sees it (:func:`carlib.data.screen.screen_images`,
+    cached): unusable files are skipped, and files TensorFlow would decode wrongly (EXIF
+    rotation, palette BMPs, …) are read from a converted copy. One :class:`DataWarning` names
+    every skipped file and ignored folder with its reason. An empty tree is an error, and so
+    is a class folder without a usable image (it would shift the class indices).
+    """
+    found = find_class_folders(train_dir)
+    skipped = list(found.skipped)
+    paths, sources, labels, empty = [], [], [], []
+    for label, (folder, files) in enumerate(zip(found.folders, found.files)):
+        if screen:
+            result = screen_images(files)
+            skipped.extend(result.unusable)
+            usable, originals = result.usable, result.sources
+        else:
+            usable = originals = tuple(map(str, files))
+        if not usable:
+            empty.append(folder)
+        paths.extend(usable)
+        sources.extend(originals)
+        labels.extend([label] * len(usable))
+    skipped.sort()
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} non-image file(s): {', '.join(skipped)}", stacklevel=2)
+        warnings.warn(f"skipped {len(skipped)} file(s) that cannot be used: {describe_files(skipped)}",
+                      DataWarning, stacklevel=2)
+    if found.ignored:
+        warnings.warn(f"ignored {len(found.ignored)} folder(s)/file(s) under {str(found.root)!r} that are not "
+                      f"classes: {describe_files(found.ignored)}", DataWarning, stacklevel=2)
     if not paths:
-        raise ValueError(
-            f"no images found under {str(train_dir)!r}: expected one sub-folder per class holding "
+        raise DataError(
+            f"no images found under {str(found.root)!r}: expected one sub-folder per class holding "
             f"{'/'.join(sorted(IMAGE_EXTENSIONS))} files (e.g. train/0/001.jpg)."
         )
-    return ImageList(tuple(paths), np.asarray(labels, dtype=np.int32), tuple(d.name for d in class_dirs), tuple(skipped))
+    if empty:
+        raise DataError(empty_classes_message(empty))
+    return ImageList(tuple(paths), np.asarray(labels, dtype=np.int32), tuple(f.name for f in found.folders),
+                     tuple(path for path, _ in skipped), tuple(skipped), found.ignored,
+                     tuple(sources) if sources != paths else ())
 
 
 def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,3 +248,11 @@ def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[n
         val_idx.extend(members[:n_val])
         train_idx.extend(members[n_val:])
     return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(np.asarray(val_idx, dtype=np.int64))
+
+
+def sample_images(images: ImageList, n: int, seed: int = 0) -> ImageList:
+    """``n`` images spread over the classes (one per class in turn), chosen by ``seed``."""
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(images.labels == label)) for label in np.unique(images.labels)]
+    picked = [members[i] for i in range(max(map(len, by_class))) for members in by_class if i < len(members)]
+    return images.subset(np.asarray(picked[:n], dtype=np.int64))
