@@ -7,10 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.carlib-installed
 BUILD  := build
 # Where `make demo` writes its results store, executed notebooks and plots (all git-ignored).
-DEMO_RESULTS   := results
-DEMO_NOTEBOOKS := $(BUILD)/notebooks
-# The LR study of the demo: one quick preset, three starting learning rates.
-DEMO_LRS := 3e-4 1e-3 3e-3
+DEMO_RESULTS := results
+DEMO_STUDIES := lr_study augmentation_study backbone_study tta_visualization
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -41,18 +39,17 @@ notebook-test: install
 
 test: unit-test notebook-test
 
+# The demo runs each study's quick sweep (2 values x 2 seeds on the embedded data), then the report.
 demo: data
-	@mkdir -p $(DEMO_NOTEBOOKS)
-	@for lr in $(DEMO_LRS); do \
-	  echo "== LR study, lr=$$lr"; \
-	  $(VENV)/bin/papermill notebooks/lr_study.ipynb $(DEMO_NOTEBOOKS)/lr_study-lr$$lr.ipynb \
-	    -f params/lr_study/quick.yaml -p lr $$lr -p results_dir $(DEMO_RESULTS) -k python3 --log-level WARNING || exit 1; \
+	@for study in $(DEMO_STUDIES); do \
+	  echo "== $$study: carlib sweep params/$$study/sweep-quick.yaml"; \
+	  $(PY) -m carlib sweep params/$$study/sweep-quick.yaml --results-dir $(DEMO_RESULTS) || exit 1; \
 	done
 	@echo; echo "== Combined results table ($(DEMO_RESULTS)/)"
 	@$(PY) -m carlib results --results-dir $(DEMO_RESULTS)
-	@echo; echo "== LR study summary (mean and std across seeds)"
-	@$(PY) -m carlib results --results-dir $(DEMO_RESULTS) --study lr_study --summary
-	@echo; echo "Executed notebooks: $(DEMO_NOTEBOOKS)/"; \
+	@$(PY) -m carlib report --results-dir $(DEMO_RESULTS) --out $(BUILD)/report.html >/dev/null
+	@echo; echo "Report:             $(BUILD)/report.html"; \
+	 echo "Executed notebooks: $(DEMO_RESULTS)/notebooks/<trial_id>.ipynb (and .log)"; \
 	 echo "Plots and models:   $(DEMO_RESULTS)/runs/<run_id>/ (learning_curves.png, history.csv, best.keras, last.keras)"
 
 clean:

@@ -3,7 +3,9 @@
 A preset is a function ``image_size -> list of transforms``; the result always has the
 training image size, so presets are interchangeable in a study. Crops are random
 (``RandomResizedCrop``), never a fixed pair of centre crops (R19). Users add their own with
-:func:`register_preset`, or pass the path of a pipeline saved with ``albumentations.save``.
+:func:`register_preset`, pass the path of a pipeline saved with ``albumentations.save``, or
+pass albumentations' serialized form itself (``albumentations.to_dict(compose)``, as a
+mapping or JSON text: papermill ``-y``, a YAML preset).
 """
 
 from __future__ import annotations
@@ -71,9 +73,29 @@ def _is_serialized(spec: str) -> bool:
     return spec.endswith((".json", ".yaml", ".yml"))
 
 
+def _is_inline(spec: str) -> bool:
+    # albumentations' own serialized form, passed as a parameter (papermill -y, YAML, JSON text)
+    return spec.lstrip().startswith("{")
+
+
+def _inline_pipeline(spec: str) -> A.Compose:
+    import json
+
+    try:
+        return A.from_dict(json.loads(spec))
+    except Exception as err:  # albumentations raises several types for a malformed description
+        raise ValueError(
+            f"augmentation: the inline pipeline is not albumentations' serialized form ({err}). "
+            "Produce one with albumentations.to_dict(A.Compose([...]))."
+        ) from None
+
+
 def check_augmentation(spec: str) -> None:
-    """Fail early, before data is touched, if ``spec`` is neither a preset nor a saved pipeline."""
+    """Fail early, before data is touched, if ``spec`` is neither a preset nor a saved or inline pipeline."""
     if spec in _PRESETS:
+        return
+    if _is_inline(spec):
+        _inline_pipeline(spec)
         return
     if _is_serialized(spec):
         if not Path(spec).expanduser().is_file():
@@ -83,7 +105,8 @@ def check_augmentation(spec: str) -> None:
 
     raise ConfigError(
         f"unknown augmentation {spec!r}. Known presets: {', '.join(available_presets())}; "
-        "or the path of a .json/.yaml pipeline saved with albumentations.save."
+        "or the path of a .json/.yaml pipeline saved with albumentations.save, "
+        "or such a pipeline inline (albumentations.to_dict(...) as a mapping or JSON text)."
     )
 
 
@@ -93,7 +116,9 @@ def build_augmentation(spec: str, image_size: int, seed: int | None = None) -> A
     A resize to ``image_size`` is appended so every preset returns the training size.
     """
     check_augmentation(spec)
-    if _is_serialized(spec):
+    if _is_inline(spec):
+        transforms = list(_inline_pipeline(spec).transforms)
+    elif _is_serialized(spec):
         loaded = A.load(str(Path(spec).expanduser()), data_format="yaml" if spec.endswith((".yaml", ".yml")) else "json")
         transforms = list(loaded.transforms)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import typing
 from pathlib import Path
@@ -86,14 +87,32 @@ class ExperimentConfig:
     augmentation: str = "light"
     dropout: float = 0.2
     bn_mode: str = "auto"
+    # fine-tuning (R18) and the head (R16, R17)
+    finetune: str = "full"  # full | head | two_stage | gradual
+    head_epochs: int = 1  # two_stage / gradual: epochs that train the head alone first
+    finetune_lr_factor: float = 0.1  # two_stage / gradual: LR multiplier once backbone layers train
+    unfreeze_stages: int = 2  # gradual: stages that unfreeze the backbone from the top, after the head epochs
+    head_hidden_units: int = 0  # 0: no hidden Dense layer in the head (R17)
+    head_batchnorm: bool = False  # BatchNorm after pooling in the head (R16)
+    hub_input_range: str | None = None  # hub: backbones: unit | symmetric | raw; None: unit (TF-Hub's convention)
+    early_stopping_patience: int = 0  # 0: off (never tune the epoch budget inside a study)
+    # scale, speed and reproducibility
+    mixed_precision: str = "auto"  # auto (mixed_float16 on GPU, mixed_bfloat16 on TPU, else off) | on | off
+    jit_compile: str = "auto"  # auto (Keras decides: off on CPU) | on | off
+    strategy: str = "auto"  # auto | default | mirrored | tpu
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism() (cannot be undone in a process)
     val_split: float = 0.2
     seed: int = 0
     results_dir: str | None = None
+    tta_preset: str = "light"  # carlib.tta preset used when tta_passes > 0
+    tta_passes: int = 0  # > 0: the best checkpoint is also evaluated with TTA (val_accuracy_tta)
+    trial_id: str | None = None  # set by the sweep runner: a rerun skips trials already in the store
 
     # ----------------------------------------------------------------- construction
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value = _coerce(field.name, getattr(self, field.name), _FIELD_TYPES[field.name])
+            value = _switch_value(field.name, getattr(self, field.name))
+            value = _coerce(field.name, value, _FIELD_TYPES[field.name])
             object.__setattr__(self, field.name, value)
         self._validate()
 
@@ -118,8 +137,13 @@ class ExperimentConfig:
         from carlib import backbones
         from carlib.data import embedded
 
+        from carlib import hub
+
         spec = backbones.get_backbone(self.backbone)
+        is_hub = hub.is_hub_backbone(self.backbone)
         return self.replace(
+            backbone=hub.absolute_hub_backbone(self.backbone) if is_hub else self.backbone,
+            hub_input_range=(self.hub_input_range or hub.HUB_DEFAULT_INPUT_RANGE) if is_hub else None,
             image_size=self.image_size or spec.default_size,
             data_dir=str(Path(self.data_dir).expanduser().resolve()) if self.data_dir else str(embedded.embedded_data_dir()),
             results_dir=str(Path(self.results_dir or default_results_dir()).expanduser().resolve()),
@@ -140,17 +164,85 @@ class ExperimentConfig:
         _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "an integer >= 0")
         _check(all(b >= 1 for b in self.lr_boundaries), "lr_boundaries", self.lr_boundaries, "epoch numbers >= 1")
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        _choice("backbone", self.backbone, backbones.available_backbones())
+        if not self.backbone.startswith("hub:"):  # hub:<handle or path> names a SavedModel, see carlib.hub
+            _choice("backbone", self.backbone, backbones.available_backbones())
         _choice("schedule", self.schedule, schedules.SCHEDULES)
         _choice("optimizer", self.optimizer, tuple(_OPTIMIZERS))
         _choice("bn_mode", self.bn_mode, ("auto", "frozen", "train"))
         augment.check_augmentation(self.augmentation)
+        _check(self.tta_passes >= 0, "tta_passes", self.tta_passes,
+               "an integer >= 0 (0: no TTA evaluation; pass 0 is the un-augmented image)")
+        from carlib import tta
+
+        tta.check_tta_preset(self.tta_preset)
         if self.weights not in (None, "imagenet") and not Path(self.weights).expanduser().is_file():
             raise ConfigError(
                 f"weights={self.weights!r}: no such file. Use 'imagenet' (needs internet), "
                 "None (random initialisation), or the path of a local weights file "
                 "(e.g. one saved with model.save_weights('backbone.weights.h5'))."
             )
+        self._validate_training()
+
+    def _validate_training(self) -> None:
+        """Fine-tuning, head, hub, precision, distribution and determinism knobs (issue 4)."""
+        from carlib import backbones, hub
+
+        _choice("finetune", self.finetune, FINETUNE_STRATEGIES)
+        _check(self.head_epochs >= 1, "head_epochs", self.head_epochs, "an integer >= 1 (epochs of head-only training)")
+        _check(0 < self.finetune_lr_factor <= 1, "finetune_lr_factor", self.finetune_lr_factor,
+               "a factor in (0, 1] applied to lr once backbone layers train")
+        _check(self.unfreeze_stages >= 1, "unfreeze_stages", self.unfreeze_stages, "an integer >= 1")
+        _check(self.head_hidden_units >= 0, "head_hidden_units", self.head_hidden_units,
+               "an integer >= 0 (0: no hidden Dense layer)")
+        _check(self.early_stopping_patience >= 0, "early_stopping_patience", self.early_stopping_patience,
+               "an integer >= 0 (0: no early stopping)")
+        _choice("mixed_precision", self.mixed_precision, SWITCH_VALUES)
+        _choice("jit_compile", self.jit_compile, SWITCH_VALUES)
+        _choice("strategy", self.strategy, STRATEGIES)
+        is_hub = hub.is_hub_backbone(self.backbone)
+        if is_hub:
+            try:
+                hub.check_hub_backbone(self.backbone)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            if self.weights is not None:
+                raise ConfigError(f"weights={self.weights!r} with backbone={self.backbone!r}: a hub: backbone carries "
+                                  "its weights in its SavedModel; leave weights=None.")
+        if self.hub_input_range is not None:
+            if not is_hub:
+                raise ConfigError(f"hub_input_range={self.hub_input_range!r} applies only to hub: backbones; "
+                                  f"{self.backbone!r} has its input range in the backbone registry. Leave it None.")
+            _choice("hub_input_range", self.hub_input_range, tuple(backbones.PREPROCESSING))
+        if self.finetune != "full" and self.weights is None and not is_hub:
+            raise ConfigError(f"finetune={self.finetune!r} freezes the backbone for a while, but weights=None leaves "
+                              "it random: frozen random features teach nothing. Use weights='imagenet' (or a "
+                              "weights file, or a hub: backbone), or finetune='full' to train from scratch.")
+        if self.finetune in ("two_stage", "gradual"):
+            needed = self.head_epochs + (self.unfreeze_stages if self.finetune == "gradual" else 1)
+            _check(self.epochs >= needed, "epochs", self.epochs,
+                   f"at least {needed} for finetune={self.finetune!r}: head_epochs={self.head_epochs} of head-only "
+                   f"training, then {needed - self.head_epochs} epoch(s) for the unfreezing stage(s)")
+        if self.finetune == "gradual" and is_hub:
+            raise ConfigError(f"finetune='gradual' unfreezes a backbone layer by layer, but {self.backbone!r} is "
+                              "one opaque SavedModel layer: use finetune='two_stage' (or 'head', 'full').")
+
+
+FINETUNE_STRATEGIES = ("full", "head", "two_stage", "gradual")
+SWITCH_VALUES = ("auto", "on", "off")
+STRATEGIES = ("auto", "default", "mirrored", "tpu")
+_SWITCHES = {"mixed_precision", "jit_compile"}
+_SWITCH_WORDS = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}
+
+
+def _switch_value(name: str, value: Any) -> Any:
+    """auto/on/off fields also take booleans: YAML reads a bare ``on``/``off`` as true/false."""
+    if name not in _SWITCHES:
+        return value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str):
+        return _SWITCH_WORDS.get(value.strip().lower(), value.strip().lower())
+    return value
 
 
 _OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
@@ -232,6 +324,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 raise ValueError
             return float(value)
         if annotation is str:
+            if isinstance(value, dict):  # a structured value (an inline augmentation pipeline) is kept as JSON text
+                return json.dumps(value, sort_keys=True)
             if not isinstance(value, (str, os.PathLike)):
                 raise ValueError
             return os.fspath(value)

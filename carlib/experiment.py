@@ -8,6 +8,7 @@ results store together with the resolved config that produced it (R7).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
@@ -22,14 +23,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from carlib import backbones
-from carlib.config import ExperimentConfig, optimizer_class_name
-from carlib.data.folders import list_class_images, prepare_data, stratified_split
-from carlib.data.pipeline import eval_dataset, training_dataset
+from carlib import backbones, resume, training
+from carlib.config import ExperimentConfig
 from carlib.results import RECORD_SCHEMA, ResultsStore, new_run_id
-from carlib.schedules import schedule_callbacks
+from carlib.schedules import LearningRateController, schedule_callbacks
 
-__all__ = ["run_experiment", "as_config", "environment_info"]
+__all__ = ["run_experiment", "as_config", "environment_info", "divergence_message"]
 
 
 def as_config(config: ExperimentConfig | Mapping[str, Any] | None = None, **overrides: Any) -> ExperimentConfig:
@@ -40,14 +39,33 @@ def as_config(config: ExperimentConfig | Mapping[str, Any] | None = None, **over
 
 
 class _EpochTimer(keras.callbacks.Callback):
-    """Adds each epoch's wall time to its logs (``epoch_time_s``)."""
+    """Adds each epoch's wall time (``epoch_time_s``) and the part spent training (``train_time_s``,
+    without the validation pass) to its logs."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._validation = 0.0
+
+    def on_test_begin(self, logs=None):
+        self._test_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._validation += time.perf_counter() - getattr(self, "_test_start", time.perf_counter())
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["epoch_time_s"] = time.perf_counter() - self._start
+            logs["train_time_s"] = logs["epoch_time_s"] - self._validation
+
+
+class _FiniteModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """The best-only checkpoint, which never saves the weights of an epoch whose loss is NaN or infinite:
+    a diverged run keeps its best checkpoint so far (an exploded model can still score a high accuracy)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and not math.isfinite(float(logs.get("loss", 0.0))):
+            return
+        super().on_epoch_end(epoch, logs)
 
 
 def environment_info() -> dict[str, Any]:
@@ -99,23 +117,42 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *
     data counts, library versions and hardware. The run's folder
     (``<results_dir>/runs/<run_id>/``) holds ``best.keras``, ``last.keras``, ``history.csv``
     and ``learning_curves.png``. If training fails, a record with ``status="failed"`` and the
-    error is written and the exception re-raised; an interrupted run writes no record.
+    error is written and the exception re-raised; an interrupted run writes no record. A run
+    with a ``trial_id`` backs up every epoch and, rerun after a kill, resumes after its last
+    finished epoch (:mod:`carlib.resume`); a diverged run stops at once, fails, keeps its best checkpoint.
     """
     t_start = time.perf_counter()
     started_at = _now()
     config = as_config(config, **overrides)
-    keras.utils.set_random_seed(config.seed)
+    # A trial runs in one process at a time (resume.trial_lock); TensorFlow's determinism switch is put back afterwards.
+    with _one_process_per_trial(config), training.op_determinism(config.deterministic):
+        return _run_configured(config, t_start, started_at)
 
-    layout = prepare_data(config.data_dir)
-    images = list_class_images(layout.train_dir)
-    train_idx, val_idx = stratified_split(images.labels, config.val_split, config.seed)
-    train_images, val_images = images.subset(train_idx), images.subset(val_idx)
-    resolved = config.replace(data_dir=str(layout.root)).resolved()
+
+def _one_process_per_trial(config: ExperimentConfig):
+    if not config.trial_id:
+        return contextlib.nullcontext()
+    from carlib.config import default_results_dir
+
+    return resume.trial_lock(Path(config.results_dir or default_results_dir()).expanduser().resolve(), config.trial_id)
+
+
+def _run_configured(config: ExperimentConfig, t_start: float, started_at: str) -> dict[str, Any]:
+    # The same setup lr_find_for_config uses (carlib.training): seed, data, split, runtime.
+    data = training.prepare_run_data(config)
+    resolved, images = data.config, data.images
+    train_images, val_images = data.train_images, data.val_images
+    runtime = training.resolve_runtime(resolved)
     size = resolved.image_size
     t_data = time.perf_counter()
 
     store = ResultsStore(resolved.results_dir)
-    run_id = new_run_id(resolved.study)
+    # A trial (trial_id set, e.g. by a sweep) is backed up every epoch; a killed attempt resumes in its run folder.
+    backup = (resume.TrialBackup(resolved.results_dir, resolved.trial_id, resolved.to_dict())
+              if resolved.trial_id else None)
+    state = backup.load() if backup else None
+    run_id = state.run_id if state else new_run_id(resolved.study)
+    started_at = state.started_at if state else started_at
     run_dir = store.run_dir(run_id)
     has_val = len(val_images) > 0
     # Without a validation set the best checkpoint can only follow the training metric; the record says so.
@@ -128,48 +165,96 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *
         "started_at": started_at,
         "config": resolved.to_dict(),
         "data": {
-            "root": str(layout.root),
-            "train_dir": str(layout.train_dir),
+            "root": str(data.root),
+            "train_dir": str(data.train_dir),
             "num_classes": len(images.class_names),
             "class_names": list(images.class_names),
             "n_train": len(train_images),
             "n_val": len(val_images),
+            # What the run was trained on: every file and folder left out, with the reason (issue 7).
             "n_skipped": len(images.skipped),
-            "skipped": list(images.skipped),
+            "skipped": [{"path": path, "reason": reason} for path, reason in images.skip_reasons],
+            "ignored": [{"path": path, "reason": reason} for path, reason in images.ignored],
+            "n_converted": images.n_converted,
         },
         "checkpoint": {"monitor": monitor, "mode": "max", "best": str(run_dir / "best.keras"),
                        "last": str(run_dir / "last.keras")},
         "run_dir": str(run_dir),
+        "training": runtime.describe(resolved.batch_size),
         **environment_info(),
     }
     print(f"carlib run {run_id}: {resolved.backbone} @ {size}px, lr={resolved.lr:g} ({resolved.schedule}), "
           f"augmentation={resolved.augmentation}, {len(train_images)} train / {len(val_images)} val images, "
-          f"best checkpoint monitors {monitor}", flush=True)
+          f"best checkpoint monitors {monitor}; finetune={resolved.finetune}, {runtime.strategy_name} strategy "
+          f"x{runtime.replicas}, {runtime.precision_policy}", flush=True)
     try:
-        train_ds = training_dataset(train_images, size, resolved.batch_size,
-                                    augmentation=resolved.augmentation, seed=resolved.seed)
-        val_ds = eval_dataset(val_images, size, resolved.batch_size) if has_val else None
-        model = backbones.build_model(resolved.backbone, len(images.class_names), size, weights=resolved.weights,
-                                      dropout=resolved.dropout, bn_mode=resolved.bn_mode)
-        optimizer = getattr(keras.optimizers, optimizer_class_name(resolved.optimizer))(learning_rate=resolved.lr)
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        train_ds, val_ds = training.make_datasets(data, runtime)
+        model = training.build_run_model(resolved, len(images.class_names), runtime)
+        lr_callbacks = schedule_callbacks(resolved, monitor="val_loss" if has_val else "loss")
+        controller = next(c for c in lr_callbacks if isinstance(c, LearningRateController))
+        early = (training.StageSpanningEarlyStopping(monitor=monitor, mode="max",
+                                                      patience=resolved.early_stopping_patience)
+                 if resolved.early_stopping_patience else None)
+        # One instance of each callback for all fine-tuning stages: the best checkpoint, the
+        # schedule, early stopping and history.csv (appended) span the whole run.
+        checkpoint = _FiniteModelCheckpoint(run_dir / "best.keras", monitor=monitor, mode="max", save_best_only=True)
+        # What a resumed trial must get back besides the weights: the callbacks' state.
+        stateful = {"checkpoint": (checkpoint, ("best",)), "schedule": (controller, ("reductions", "best", "wait")),
+                    **({"early_stopping": (early, ("wait", "best", "best_epoch", "stopped_epoch", "_started"))}
+                       if early else {})}
+        done = state.epoch if state else 0  # epochs a killed attempt of this trial finished
+        if state:
+            print(f"carlib run {run_id}: resuming trial {resolved.trial_id} after epoch {done} "
+                  f"(backup in {backup.dir})", flush=True)
+            resume.TrialBackup.restore_callbacks(state, stateful)
+            resume.TrialBackup.restore_run_files(state, run_dir)
+        history = list(state.history) if state else []
         callbacks = [
-            *schedule_callbacks(resolved, monitor="val_loss" if has_val else "loss"),
+            *lr_callbacks,
             _EpochTimer(),
-            keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor=monitor, mode="max", save_best_only=True),
+            checkpoint,
             keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+            *([early] if early else []),
+            # Last: it saves what the callbacks above have done this epoch.
+            *([backup.callback(run_id, started_at, history=history, checkpoint=checkpoint, stateful=stateful)]
+              if backup else []),
         ]
         t_build = time.perf_counter()
-        fitted = model.fit(train_ds, validation_data=val_ds, epochs=resolved.epochs, callbacks=callbacks,
-                           shuffle=False, verbose=2)
+        stages, restored = [], state is None
+        for stage in training.finetune_stages(resolved):
+            stages.append(training.enter_stage(model, stage, resolved, runtime))
+            controller.scale = stage.lr_scale
+            if stage.end_epoch <= done:
+                continue  # finished before the interruption
+            if not restored:  # the stage the backup belongs to; at its first epoch, with a fresh optimizer
+                resume.TrialBackup.restore_weights(model, state, new_optimizer=done == stage.first_epoch)
+                restored = True
+            fitted = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(stage.first_epoch, done),
+                               epochs=stage.end_epoch, callbacks=callbacks, shuffle=False, verbose=2)
+            history += _history_rows(fitted.history, fitted.epoch)
+            if model.stop_training:  # early stopping or a NaN loss ends the run, not only the stage
+                break
+        if not restored:  # killed after its last epoch: nothing left to train, only to evaluate
+            resume.TrialBackup.restore_weights(model, state, new_optimizer=True)
         t_fit = time.perf_counter()
-        history = _history_rows(fitted.history)
+        stopped_early = bool(early and early.stopped_epoch)
+        record["training"].update(stages=stages, jit_compile=bool(model.jit_compile),
+                                  stopped_early_after_epoch=len(history) if stopped_early else None,
+                                  resumed_after_epoch=done or None)
         record["history"] = history
         model.save(run_dir / "last.keras")
         diverged = any(not math.isfinite(row.get("loss", 0.0)) for row in history)
         metrics = _final_metrics(model, run_dir / "best.keras", train_ds, val_ds, history, monitor)
+        if resolved.tta_passes and has_val:
+            metrics.update(_tta_metrics(run_dir / "best.keras", val_images, resolved))
         t_eval = time.perf_counter()
+        metrics["param_count"] = int(model.count_params())
+        # Throughput from the median epoch (the first one includes tracing), training part only.
+        train_time = float(np.median([row["train_time_s"] for row in history])) if history else None
+        metrics["train_images_per_s"] = len(train_images) / train_time if train_time else None
+        eval_s = metrics.pop("_eval_s", None)
+        metrics["eval_images_per_s"] = len(val_images) / eval_s if eval_s else None
         record["metrics"] = metrics
         record["timings"] = {
             "data_s": t_data - t_start,
@@ -179,9 +264,11 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *
             "eval_s": t_eval - t_fit,
             "total_s": t_eval - t_start,
         }
-        if diverged or len(history) < resolved.epochs:
+        if diverged or (len(history) < resolved.epochs and not stopped_early):
             record["status"] = "failed"
-            record["error"] = f"training diverged: the loss became NaN or infinite in epoch {len(history)}"
+            bad_epoch = next((row["epoch"] for row in history if not math.isfinite(row.get("loss", 0.0))),
+                             len(history))
+            record["error"] = divergence_message(bad_epoch)
         else:
             record["status"] = "ok"
         _save_learning_curves(record, run_dir)
@@ -189,22 +276,36 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
                       finished_at=_now())
         store.write(record)
+        if backup:
+            backup.discard()
         raise
     record["finished_at"] = _now()
     store.write(record)
+    if backup:  # finished (ok or failed): a rerun starts afresh. Only a killed run leaves its backup.
+        backup.discard()
     _print_summary(record)
     return record
 
 
-def _history_rows(history: dict[str, list]) -> list[dict[str, float]]:
-    epochs = len(next(iter(history.values()), []))
-    return [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.items()}} for i in range(epochs)]
+def divergence_message(epoch: int) -> str:
+    """The error of a run whose loss became NaN or infinite in ``epoch`` (1-based)."""
+    return (f"training diverged: the loss became NaN or infinite in epoch {epoch}; training stopped there and the "
+            "best checkpoint so far is kept. Lower lr (or add warmup_epochs) and run again.")
+
+
+def _history_rows(history: dict[str, list], epochs: list[int] | None = None) -> list[dict[str, float]]:
+    """One row per epoch; ``epochs`` are the 0-based epoch numbers ``fit`` ran (a later stage starts past 0)."""
+    count = len(next(iter(history.values()), []))
+    numbers = list(epochs) if epochs is not None else list(range(count))
+    return [{"epoch": numbers[i] + 1, **{k: float(v[i]) for k, v in history.items()}} for i in range(count)]
 
 
 def _final_metrics(model, best_path: Path, train_ds, val_ds, history, monitor) -> dict[str, Any]:
     """Evaluate the last weights and the best checkpoint on the clean validation set (R4)."""
     metrics: dict[str, Any] = {"checkpoint_monitor": monitor}
-    finite = [row for row in history if math.isfinite(row.get(monitor, float("nan")))]
+    # A diverged epoch can still score (an exploded model predicts one class): only finite-loss epochs count.
+    finite = [row for row in history
+              if math.isfinite(row.get(monitor, float("nan"))) and math.isfinite(row.get("loss", 0.0))]
     best_row = max(finite, key=lambda row: row[monitor]) if finite else None
     metrics["best_epoch"] = best_row["epoch"] if best_row else None
     if history:
@@ -213,14 +314,37 @@ def _final_metrics(model, best_path: Path, train_ds, val_ds, history, monitor) -
     if val_ds is None:
         metrics.update(val_accuracy_best=None, val_loss_best=None, val_accuracy_last=None, val_loss_last=None)
         return metrics
+    _evaluate(model, val_ds.take(1))  # warm-up, so the timed pass below measures throughput, not tracing
+    started = time.perf_counter()
     last = _evaluate(model, val_ds)
+    metrics["_eval_s"] = time.perf_counter() - started
     metrics.update(val_accuracy_last=last["accuracy"], val_loss_last=last["loss"])
     if best_path.is_file():
-        best = _evaluate(keras.models.load_model(best_path), val_ds)
+        # carlib's loader (hub: models); no optimizer: a mixed-precision file's LossScaleOptimizer
+        # state would not load into the plain optimizer Keras rebuilds, with a warning each run.
+        best_model = backbones.load_model(best_path, compile=False)
+        best_model.compile(loss=model.loss, metrics=["accuracy"])
+        best = _evaluate(best_model, val_ds)
         metrics.update(val_accuracy_best=best["accuracy"], val_loss_best=best["loss"])
     else:  # no finite epoch was ever checkpointed
         metrics.update(val_accuracy_best=None, val_loss_best=None)
     return metrics
+
+
+def _tta_metrics(best_path: Path, val_images, config: ExperimentConfig) -> dict[str, Any]:
+    """The best checkpoint's validation accuracy with TTA, and whether the passes really differed (R20)."""
+    from carlib.tta import tta_predict
+
+    if not best_path.is_file():
+        return {"val_accuracy_tta": None}
+    result = tta_predict(backbones.load_model(best_path), val_images, preset=config.tta_preset,
+                         passes=config.tta_passes, seed=config.seed, batch_size=config.batch_size)
+    return {
+        "val_accuracy_tta": float((result.predictions == val_images.labels).mean()),
+        "tta_changed_images": int(result.diagnostics.n_changed),
+        "tta_mean_spread": float(result.diagnostics.mean_spread),
+        "tta_identical_passes": bool(result.diagnostics.identical_passes),
+    }
 
 
 def _save_learning_curves(record: dict[str, Any], run_dir: Path) -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["plot_learning_curves", "plot_summary"]
+__all__ = ["plot_learning_curves", "plot_summary", "plot_tradeoff", "plot_augmentation_gallery",
+           "plot_confusion_matrix", "plot_mistakes", "plot_resolution_curve", "plot_tta_grid", "plot_tta_spread",
+           "plot_lr_find"]
 
 
 def _label(record: dict[str, Any], vary: Sequence[str]) -> str:
@@ -33,7 +36,8 @@ def plot_learning_curves(records: Iterable[dict[str, Any]], *, metric: str = "ac
         axes[0].text(0.5, 0.5, "no finished runs to plot", ha="center", va="center")
         return figure
     keys = sorted({k for r in records for k in r["config"]})
-    vary = [k for k in keys if k not in ("seed", "results_dir") and len({str(r["config"].get(k)) for r in records}) > 1]
+    vary = [k for k in keys if k not in ("seed", "results_dir", "trial_id")
+            and len({str(r["config"].get(k)) for r in records}) > 1]
     vary = vary + ["seed"] if len(records) > 1 else vary
     for index, record in enumerate(records):
         history = pd.DataFrame(record["history"])
@@ -47,6 +51,9 @@ def plot_learning_curves(records: Iterable[dict[str, Any]], *, metric: str = "ac
             axes[0].lines[-1].set_label(label)
         if show_lr and "learning_rate" in history:
             axes[1].plot(history["epoch"], history["learning_rate"], "-", color=color, label=label)
+        for stage in record.get("training", {}).get("stages", [])[1:]:  # fine-tuning: where a stage unfroze more
+            for ax in axes:
+                ax.axvline(stage["first_epoch"] - 0.5, color=color, linestyle=":", alpha=0.6)
     axes[0].set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation (solid), training (dashed)")
     axes[0].legend(fontsize="small")
     if show_lr:
@@ -54,18 +61,222 @@ def plot_learning_curves(records: Iterable[dict[str, Any]], *, metric: str = "ac
     return figure
 
 
+def _config_labels(summary: pd.DataFrame) -> list[str]:
+    names = [n for n in (summary.index.names or []) if n]
+    labels = []
+    for key in summary.index:
+        key = key if isinstance(key, tuple) else (key,)
+        labels.append("\n".join(f"{v:g}" if isinstance(v, float) else str(v) for v in key))
+    return labels if names else [str(i) for i in summary.index]
+
+
 def plot_summary(summary: pd.DataFrame, *, metric: str = "val_accuracy_best") -> Figure:
-    """Bar chart of a study summary: mean ± std across seeds for each configuration."""
-    figure = Figure(figsize=(7, 3.5), layout="constrained")
+    """Bar chart of a study summary: mean across seeds per configuration, with its 95% confidence interval.
+
+    Configurations with a single run show no interval (there is no spread to estimate yet).
+    """
+    figure = Figure(figsize=(max(5, 1.2 * len(summary) + 2), 3.8), layout="constrained")
     ax = figure.subplots()
     if summary.empty:
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
         return figure
-    labels = [str(i) for i in summary.index]
-    ax.bar(labels, summary["mean"], yerr=summary["std"].fillna(0), capsize=4, color="C0", alpha=0.8)
-    for x, (mean, n) in enumerate(zip(summary["mean"], summary["n"])):
+    means = summary["mean"].to_numpy(dtype=float)
+    if "ci95_low" in summary:
+        low = (means - summary["ci95_low"].to_numpy(dtype=float))
+        high = (summary["ci95_high"].to_numpy(dtype=float) - means)
+        errors = [[0 if v != v else v for v in low], [0 if v != v else v for v in high]]
+    else:
+        errors = summary["std"].fillna(0).to_numpy()
+    labels = _config_labels(summary)
+    ax.bar(labels, means, yerr=errors, capsize=4, color="C0", alpha=0.8)
+    for x, (mean, n) in enumerate(zip(means, summary["n"])):
         ax.annotate(f"{mean:.3f}\nn={n}", (x, mean), ha="center", va="bottom", fontsize="small",
                     xytext=(0, 3), textcoords="offset points")
-    ax.set(ylabel=f"{metric} (mean ± std over seeds)", title=" × ".join(summary.index.names or []))
-    ax.tick_params(axis="x", labelrotation=20)
+    names = [n for n in (summary.index.names or []) if n]
+    ax.set(ylabel=f"{metric}\nmean, 95% CI over seeds", xlabel=" × ".join(names))
+    ax.margins(y=0.2)
+    return figure
+
+
+def plot_tradeoff(summary: pd.DataFrame, *, x: str = "train_images_per_s_mean", y: str = "mean") -> Figure:
+    """Scatter of a summary's configurations: accuracy (``y``) against a cost such as throughput (``x``)."""
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    ax = figure.subplots()
+    if summary.empty or x not in summary:
+        ax.text(0.5, 0.5, f"no finished runs with {x} yet", ha="center", va="center")
+        return figure
+    ax.scatter(summary[x], summary[y], color="C1")
+    for label, xv, yv in zip(_config_labels(summary), summary[x], summary[y]):
+        ax.annotate(label.replace("\n", " @ "), (xv, yv), fontsize="small", xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel=x, ylabel=f"val accuracy ({y} over seeds)", xscale="log")
+    return figure
+
+
+def plot_augmentation_gallery(views: np.ndarray, *, title: str = "") -> Figure:
+    """Grid of :func:`carlib.data.pipeline.augmented_views`: one row per image, column 0 un-augmented."""
+    rows, cols = views.shape[:2]
+    figure = Figure(figsize=(1.6 * cols, 1.6 * rows), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            axes[r][c].imshow(views[r, c])
+            axes[r][c].set_axis_off()
+            if r == 0:
+                axes[r][c].set_title("original" if c == 0 else f"view {c}", fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+# ------------------------------------------------------------------ evaluation (issue 5)
+def plot_confusion_matrix(confusion: pd.DataFrame, *, normalize: bool = True, title: str | None = None) -> Figure:
+    """The confusion matrix with class names: rows true class, columns predicted class.
+
+    Each cell shows its count; with ``normalize`` the colour is the share of the true class's
+    images (rows sum to 1), so small classes are as readable as large ones.
+    """
+    counts = confusion.to_numpy()
+    n = len(confusion)
+    size = max(4.0, 0.55 * n + 2)
+    figure = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = figure.subplots()
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1 if normalize else max(1, counts.max()))
+    figure.colorbar(image, ax=ax, shrink=0.8, label="share of the true class" if normalize else "images")
+    threshold = (1 if normalize else max(1, counts.max())) / 2
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize="small",
+                        color="white" if shares[i, j] > threshold else "black")
+    ax.set_xticks(range(n), [str(c) for c in confusion.columns], rotation=45, ha="right")
+    ax.set_yticks(range(n), [str(c) for c in confusion.index])
+    ax.set(xlabel="predicted class", ylabel="true class")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(title or f"confusion matrix ({counts.sum()} images, accuracy {accuracy:.3f})")
+    return figure
+
+
+def plot_mistakes(mistakes: pd.DataFrame, images: Sequence[Any] | None = None, *, columns: int = 4,
+                  title: str | None = None) -> Figure:
+    """A gallery of mistakes (e.g. :func:`carlib.evaluate.most_confident_mistakes`): true, predicted, confidence.
+
+    ``images`` (one array per row) are shown; without them each row's ``path`` is read for display.
+    """
+    from matplotlib.image import imread
+
+    rows = max(1, -(-len(mistakes) // columns))
+    figure = Figure(figsize=(2.6 * columns, 2.6 * rows + 0.4), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if mistakes.empty:
+        axes[0][0].text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=axes[0][0].transAxes)
+        return figure
+    for k, (ax, (_, row)) in enumerate(zip(axes.flat, mistakes.iterrows())):
+        image = images[k] if images is not None else imread(row["path"])
+        ax.imshow(np.asarray(image).astype("uint8") if np.asarray(image).dtype != np.uint8 else image)
+        ax.set_title(f"true {row['true']}\npred {row['predicted']} ({row['confidence']:.2f})", fontsize="small",
+                     color="C3")
+    figure.suptitle(title or f"the {len(mistakes)} most confident mistakes")
+    return figure
+
+
+def plot_resolution_curve(curve: pd.DataFrame, *, metric: str = "accuracy", title: str | None = None) -> Figure:
+    """Accuracy against test image size (a :func:`carlib.evaluate.resolution_curve` table); the training size is marked."""
+    figure = Figure(figsize=(6, 3.8), layout="constrained")
+    ax = figure.subplots()
+    if curve.empty:
+        ax.text(0.5, 0.5, "no sizes evaluated", ha="center", va="center")
+        return figure
+    curve = curve.sort_values("image_size")
+    ax.plot(curve["image_size"], curve[metric], "o-", color="C0", label=metric)
+    for size, value in zip(curve["image_size"], curve[metric]):
+        ax.annotate(f"{value:.3f}", (size, value), xytext=(0, 6), textcoords="offset points", ha="center",
+                    fontsize="small")
+    if "train_size" in curve:
+        train_size = int(curve["train_size"].iloc[0])
+        ax.axvline(train_size, color="C3", linestyle="--", label=f"training size {train_size} px")
+    ax.set(xlabel="test image size (px)", ylabel=metric,
+           title=title or f"{metric} vs test size (FixRes, Touvron et al. 2019)")
+    ax.legend(fontsize="small")
+    return figure
+
+
+def plot_tta_grid(pass_images: np.ndarray, per_pass_probabilities: np.ndarray, *,
+                  class_names: Sequence[str] | None = None, true_labels: Sequence[int] | None = None,
+                  title: str | None = None) -> Figure:
+    """What each TTA pass saw: rows = images, columns = passes, each titled with predicted class and confidence.
+
+    ``pass_images``: passes × n × H × W × 3 (:meth:`carlib.tta.TTAResult.pass_images`);
+    ``per_pass_probabilities``: passes × n × C for the same images (``result.per_pass[:, indices]``).
+    """
+    passes, n = pass_images.shape[:2]
+    figure = Figure(figsize=(1.9 * passes, 2.0 * n + 0.4), layout="constrained")
+    axes = figure.subplots(n, passes, squeeze=False)
+    for i in range(n):
+        for p in range(passes):
+            ax = axes[i][p]
+            ax.imshow(pass_images[p, i])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            probabilities = per_pass_probabilities[p, i]
+            predicted = int(np.argmax(probabilities))
+            name = class_names[predicted] if class_names is not None else str(predicted)
+            wrong = true_labels is not None and predicted != int(true_labels[i])
+            ax.set_title(f"{'original' if p == 0 else f'pass {p}'}\n{name} {probabilities[predicted]:.2f}",
+                         fontsize="small", color="C3" if wrong else "black")
+        if true_labels is not None:
+            label = int(true_labels[i])
+            axes[i][0].set_ylabel(f"true: {class_names[label] if class_names is not None else label}",
+                                  fontsize="small")
+    figure.suptitle(title or "TTA passes (red: wrong class)")
+    return figure
+
+
+def plot_tta_spread(diagnostics: Any, *, title: str | None = None) -> Figure:
+    """TTA diagnostics (:class:`carlib.tta.TTADiagnostics`): agreement of each pass with the mean, and per-image spread."""
+    figure = Figure(figsize=(10, 3.6), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    agreement = np.asarray(diagnostics.pass_agreement)
+    left.bar(range(len(agreement)), agreement, color="C0")
+    left.set_xticks(range(len(agreement)), ["orig" if p == 0 else str(p) for p in range(len(agreement))])
+    left.set(xlabel="pass", ylabel="agreement with the TTA class", ylim=(0, 1.05),
+             title="per-pass agreement with the mean prediction")
+    spread = np.asarray(diagnostics.per_image_spread)
+    right.hist(spread, bins=30, color="C1")
+    right.axvline(diagnostics.mean_spread, color="C3", linestyle="--", label=f"mean {diagnostics.mean_spread:.4f}")
+    right.set(xlabel="std across passes of the TTA class's probability", ylabel="images",
+              title=f"{diagnostics.n_changed} of {spread.size} images change class across passes")
+    right.legend(fontsize="small")
+    flag = " — IDENTICAL PASSES: the preset does not augment" if diagnostics.identical_passes else ""
+    figure.suptitle(title or f"TTA preset {diagnostics.preset!r}, {diagnostics.passes} passes{flag}")
+    return figure
+
+
+# ------------------------------------------------------------------ LR range test (issue 4)
+def plot_lr_find(result: Any, *, show_raw: bool = True, title: str | None = None) -> Figure:
+    """The loss of an LR range test (:class:`carlib.lr_find.LRFindResult`) against the learning rate (log scale).
+
+    The smoothed loss is the line, each batch's loss the faint dots; the suggested starting
+    LRs (steepest descent, valley) are marked. Start an LR study around them, not at them.
+    """
+    figure = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = figure.subplots()
+    if len(result.lrs) == 0:
+        ax.text(0.5, 0.5, "no steps recorded", ha="center", va="center")
+        return figure
+    if show_raw:
+        ax.plot(result.lrs, result.raw_losses, ".", color="C0", alpha=0.25, markersize=3, label="batch loss")
+    ax.plot(result.lrs, result.losses, "-", color="C0", label="smoothed loss")
+    for value, name, color in ((result.suggestion_steepest, "steepest", "C3"),
+                               (result.suggestion_valley, "valley", "C2")):
+        if value is not None:
+            ax.axvline(value, color=color, linestyle="--", label=f"{name}: {value:.2g}")
+    finite = result.losses[np.isfinite(result.losses)]
+    if finite.size:  # keep the divergence from squashing the interesting part of the curve
+        ax.set_ylim(finite.min() - 0.05 * abs(finite.min()), min(finite.max(), 2 * finite[0]) * 1.05)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss",
+           title=title or f"LR range test ({len(result.lrs)} steps{', stopped on divergence' if result.diverged else ''})")
+    ax.legend(fontsize="small")
     return figure

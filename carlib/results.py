@@ -90,6 +90,11 @@ class ResultsStore:
                 record = json.loads(path.read_text())
                 if not isinstance(record, dict) or "run_id" not in record or not isinstance(record.get("config"), dict):
                     raise ValueError("not a carlib run record")
+                # A foreign file shaped almost like a record must not crash the table further down.
+                wrong = [k for k in ("metrics", "data", "timings", "training", "checkpoint")
+                         if k in record and not isinstance(record[k], dict)]
+                if wrong:
+                    raise ValueError(f"not a carlib run record: {', '.join(wrong)} must be mappings")
             except (OSError, ValueError) as err:
                 warnings.warn(f"results store: skipping unreadable record {str(path)!r} ({err})", stacklevel=2)
                 continue
@@ -114,8 +119,12 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         }
         row.update({k: _cell(v) for k, v in record.get("config", {}).items() if k in PARAMETER_NAMES})
         row.update({k: _cell(v) for k, v in record.get("metrics", {}).items()})
-        row.update({k: v for k, v in record.get("data", {}).items() if k in ("n_train", "n_val", "num_classes", "n_skipped")})
+        row.update({k: v for k, v in record.get("data", {}).items() if k in ("n_train", "n_val", "num_classes", "n_skipped",
+                                                                            "n_converted")})
         row.update({f"{k}": v for k, v in record.get("timings", {}).items() if k in ("total_s", "fit_s", "epoch_s")})
+        # How the run computed (issue 4): the resolved strategy, replicas, global batch and precision.
+        row.update({k: v for k, v in record.get("training", {}).items()
+                    if k in ("replicas", "global_batch_size", "precision_policy", "stopped_early_after_epoch")})
         row["error"] = record.get("error")
         row["run_dir"] = record.get("run_dir")
         rows.append(row)

@@ -284,7 +284,20 @@ def test_prepare_data_refuses_unsafe_competition_archive(tmp_path):
 
 
 # ------------------------------------------------------------ list_class_images
-def touch(path: Path, data: bytes = b"img") -> Path:
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 3), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+TINY_PNG = _tiny_png()  # listing screens every file: a decodable image (PIL and TensorFlow read PNG by content)
+
+
+def touch(path: Path, data: bytes = TINY_PNG) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path

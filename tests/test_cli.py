@@ -288,14 +288,6 @@ def test_load_params_file_rejects_invalid_yaml_and_unknown_keys(tmp_path):
         load_params_file(tmp_path / "nope.yaml")
 
 
-def test_shipped_presets_load(tmp_path):
-    presets = sorted((Path(__file__).resolve().parents[1] / "params").rglob("*.y*ml"))
-    for preset in presets:
-        params = load_params_file(preset)
-        params.pop("seeds", None)
-        ExperimentConfig.from_dict(params)
-
-
 # ---------------------------------------------------------------------------- data
 def test_data_where_prints_cache_path(capsys):
     assert main(["data", "where"]) == 0

@@ -45,8 +45,24 @@ def test_a_misspelt_papermill_parameter_fails_loudly(tmp_path):
     assert not (tmp_path / "results" / "records").exists()
 
 
-@pytest.mark.parametrize("preset", sorted(Path(__file__).resolve().parent.parent.glob("params/*/*.yaml")),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
+PARAMS = Path(__file__).resolve().parent.parent / "params"
+PRESETS = sorted(p for p in PARAMS.glob("*/*.yaml") if not p.name.startswith("sweep-"))
+SWEEPS = sorted(PARAMS.glob("*/sweep-*.yaml"))
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_sweep_is_valid(sweep):
+    from carlib.studies import get_study
+    from carlib.sweep import expand_trials, load_sweep
+
+    spec = load_sweep(sweep)
+    get_study(spec.study)
+    assert set(spec.grid) <= set(get_study(spec.study).scientific), "a sweep's grid holds scientific parameters"
+    if sweep.name == "sweep-quick.yaml":
+        assert len(expand_trials(spec)) == 4 and "data_dir" not in spec.base  # 2 values x 2 seeds, embedded data
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_preset_names_only_known_parameters(preset):
     from carlib.cli import load_params_file
     from carlib.config import ExperimentConfig
@@ -57,4 +73,21 @@ def test_every_preset_names_only_known_parameters(preset):
     weights = params.pop("weights", None)
     assert weights in (None, "imagenet")
     assert data_dir is None or isinstance(data_dir, str)
-    ExperimentConfig.from_dict(params)
+    ExperimentConfig.from_dict(params, weights=weights)  # fine-tuning presets are valid only with weights
+
+
+NOTEBOOK_PRESETS = [(p.parent.name, p) for p in PRESETS if (NOTEBOOKS / f"{p.parent.name}.ipynb").is_file()
+                    and p.name == "quick.yaml"]
+
+
+@pytest.mark.parametrize("study,preset", NOTEBOOK_PRESETS, ids=lambda v: getattr(v, "name", v))
+def test_each_notebook_runs_with_its_quick_preset(study, preset, tiny_data_dir, tmp_path):
+    """papermill -f params/<study>/quick.yaml, shrunk to seconds: the preset and the notebook fit together."""
+    results = tmp_path / "results"
+    run = _papermill(NOTEBOOKS / f"{study}.ipynb", tmp_path / "out.ipynb", "-f", str(preset),
+                     "-p", "data_dir", str(tiny_data_dir), "-p", "results_dir", str(results),
+                     "-p", "epochs", "1", "-p", "image_size", "32", "-p", "seeds", "1")
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-3000:]
+    table = load_results(results)
+    assert list(table["study"]) == [study] and list(table["status"]) == ["ok"]

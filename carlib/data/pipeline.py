@@ -15,7 +15,7 @@ import tensorflow as tf
 from carlib.augment import augment_image, build_augmentation
 from carlib.data.folders import ImageList
 
-__all__ = ["load_image", "training_dataset", "eval_dataset", "MEMORY_CACHE_LIMIT_BYTES"]
+__all__ = ["load_image", "training_dataset", "eval_dataset", "augmented_views", "MEMORY_CACHE_LIMIT_BYTES"]
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Decoded, resized uint8 images are cached in memory when they fit under this size
@@ -92,3 +92,23 @@ def training_dataset(
 
         ds = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def augmented_views(images: ImageList, augmentation: str, image_size: int, *, views: int = 4,
+                    seed: int = 0) -> np.ndarray:
+    """What training sees: ``views`` augmented versions of each image, shape (n, 1 + views, H, W, 3) uint8.
+
+    Column 0 is the decoded, resized image without augmentation. The views go through the
+    same functions as :func:`training_dataset` (``build_augmentation``, ``augment_image``),
+    so a gallery of them shows exactly what the model is trained on.
+    """
+    pipeline = build_augmentation(augmentation, image_size)
+    rows = []
+    for index, path in enumerate(images.paths):
+        original = load_image(tf.constant(path), image_size).numpy()
+        row = [original]
+        for view in range(views):
+            view_seed = int(np.random.default_rng([seed, index, view]).integers(2**32))
+            row.append(original if pipeline is None else augment_image(pipeline, original, view_seed))
+        rows.append(np.stack(row))
+    return np.stack(rows)
