@@ -16,20 +16,10 @@ __all__ = ["main", "load_params_file"]
 
 def load_params_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML parameter file safely; it must be a mapping of known parameter names."""
-    import yaml
-
-    from carlib.config import ConfigError, check_known
+    from carlib.config import check_known, load_yaml_mapping
     from carlib.studies import STUDY_PARAMETERS
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"parameter file {str(path)!r} does not exist.")
-    try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"parameter file {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(params, dict):
-        raise ConfigError(f"parameter file {str(path)!r} must hold a mapping of parameter names to values.")
+    params = load_yaml_mapping(path, "parameter file")
     check_known(params, STUDY_PARAMETERS)
     return params
 

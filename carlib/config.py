@@ -251,6 +251,22 @@ PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Expe
 _FIELD_TYPES = typing.get_type_hints(ExperimentConfig)
 
 
+def load_yaml_mapping(path: str | os.PathLike, what: str = "parameter file") -> dict[str, Any]:
+    """Read a YAML file safely; it must exist and hold a mapping (``what`` names it in errors)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping of names to values.")
+    return data
+
+
 def optimizer_class_name(name: str) -> str:
     """The ``keras.optimizers`` class for a carlib optimizer name."""
     return _OPTIMIZERS[name]

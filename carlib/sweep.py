@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from carlib.config import ConfigError, ExperimentConfig, check_known, default_results_dir
+from carlib.config import ConfigError, ExperimentConfig, check_known, default_results_dir, load_yaml_mapping
 from carlib.locks import try_lock
 from carlib.results import RECORD_SCHEMA, ResultsStore, new_run_id
 
@@ -90,17 +90,8 @@ def _find_notebook(value: str, sweep_file: Path) -> Path:
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
     """Read and validate a sweep file: every trial's parameters are checked before anything runs."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep file {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"sweep file {str(path)!r} must be a mapping with keys {', '.join(_SWEEP_KEYS)}.")
+    raw = load_yaml_mapping(path, "sweep file")
     unknown = [k for k in raw if k not in _SWEEP_KEYS]
     if unknown:
         raise ConfigError(f"sweep file {str(path)!r}: unknown key(s) {', '.join(map(repr, unknown))}; "
