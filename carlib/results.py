@@ -57,20 +57,9 @@ class ResultsStore:
 
     def write(self, record: dict[str, Any]) -> Path:
         """Write ``record`` atomically as ``records/<run_id>.json``; returns its path."""
-        run_id = record["run_id"]
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps(record, indent=1, default=_json_default, allow_nan=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{run_id}.", suffix=".tmp", dir=self.records_dir)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            final = self.records_dir / f"{run_id}.json"
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        final = self.records_dir / f"{record['run_id']}.json"
+        atomic_write_text(final, json.dumps(record, indent=1, default=_json_default, allow_nan=True))
         return final
 
     def records(self, study: str | None = None) -> list[dict[str, Any]]:
@@ -105,6 +94,24 @@ class ResultsStore:
     def table(self, study: str | None = None) -> pd.DataFrame:
         """The combined results table: one row per run, config fields and metrics as columns."""
         return records_to_frame(self.records(study))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Readers see the old file or the whole new one, never a part: a process killed midway
+    leaves at most a hidden ``.<name>.*.tmp`` file, which readers skip.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:

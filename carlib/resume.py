@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import keras
 
 from carlib.locks import TrialBusyError, trial_lock
+from carlib.results import atomic_write_text
 
 __all__ = ["ResumeState", "TrialBackup", "EpochBackup", "TrialBusyError", "backup_dir_for", "trial_lock"]
 
@@ -45,19 +46,6 @@ STATE_VERSION = 1
 def backup_dir_for(results_dir: str | os.PathLike, trial_id: str) -> Path:
     """Where the backup of ``trial_id`` lives: ``<results_dir>/backups/<trial_id>``."""
     return Path(results_dir) / "backups" / trial_id
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
@@ -171,7 +159,7 @@ class TrialBackup:
             writer.writeheader()
             for row in rows:  # CSVLogger's layout: 0-based epoch, then the logs in sorted order
                 writer.writerow({"epoch": int(row["epoch"]) - 1, **{k: row.get(k) for k in keys}})
-            _atomic_write_text(run_dir / "history.csv", buffer.getvalue())
+            atomic_write_text(run_dir / "history.csv", buffer.getvalue())
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -209,7 +197,7 @@ class EpochBackup(keras.callbacks.Callback):
             "callbacks": {key: {a: _plain(getattr(cb, a, None)) for a in attributes}
                           for key, (cb, attributes) in self.stateful.items()},
         }
-        _atomic_write_text(directory / STATE_FILE, json.dumps(state, default=str))
+        atomic_write_text(directory / STATE_FILE, json.dumps(state, default=str))
         for old in directory.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink(missing_ok=True)

@@ -384,7 +384,7 @@ def tta_predict(model, images: ImageList | np.ndarray, *, preset: str = "light",
     )
 
 
-def accuracy_by_passes(result: TTAResult, labels: Sequence[int]) -> "pd.DataFrame":
+def accuracy_by_passes(result: TTAResult, labels: Sequence[int]) -> "pandas.DataFrame":
     """Accuracy of the mean over the first *k* passes, for k = 1 (no TTA: pass 0 is un-augmented) … all passes.
 
     Computed from ``result.per_pass`` (no extra predictions), with the result's own mean
