@@ -28,6 +28,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # importing must not rea
 
 import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from carlib.augment import augment_image, build_augmentation  # noqa: E402
 from carlib.data.folders import ImageList  # noqa: E402
@@ -384,14 +385,12 @@ def tta_predict(model, images: ImageList | np.ndarray, *, preset: str = "light",
     )
 
 
-def accuracy_by_passes(result: TTAResult, labels: Sequence[int]) -> "pandas.DataFrame":
+def accuracy_by_passes(result: TTAResult, labels: Sequence[int]) -> pd.DataFrame:
     """Accuracy of the mean over the first *k* passes, for k = 1 (no TTA: pass 0 is un-augmented) … all passes.
 
     Computed from ``result.per_pass`` (no extra predictions), with the result's own mean
     (arithmetic or geometric), so "accuracy without TTA vs with N passes" is one table.
     """
-    import pandas as pd
-
     labels = np.asarray(labels)
     if len(labels) != result.per_pass.shape[1]:
         raise ValueError(f"labels: {len(labels)} labels for {result.per_pass.shape[1]} images.")
