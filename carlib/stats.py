@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -113,10 +114,13 @@ def compare_top_two(frame: pd.DataFrame, by: Sequence[str], metric: str = "val_a
         return Comparison(best, runner, n1, n2, difference, None, None,
                           f"no comparison possible yet: best {best} (n={n1}) vs runner-up {runner} (n={n2}); "
                           "run at least 2 seeds of each (3 or more to trust it).")
-    if values[0].std() == 0 and values[1].std() == 0:
-        p_value = 1.0 if difference == 0 else 0.0
+    spread = max(values[0].std(), values[1].std())
+    if spread <= 1e-12 * max(1.0, abs(values[0].mean())):  # no spread: the t statistic is undefined
+        p_value = 1.0 if abs(difference) <= 1e-12 else 0.0
     else:
-        p_value = float(stats.ttest_ind(values[0], values[1], equal_var=False).pvalue)
+        with warnings.catch_warnings():  # near-identical values: scipy warns about precision, the p-value is fine
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p_value = float(stats.ttest_ind(values[0], values[1], equal_var=False).pvalue)
     if p_value < alpha:
         message = (f"distinguishable: {best} beats {runner} by {difference:.4f} "
                    f"(Welch's t-test p={p_value:.3g}, n={n1} vs {n2}).")
