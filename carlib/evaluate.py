@@ -267,6 +267,17 @@ def model_at_size(model, image_size: int):
     return rebuilt
 
 
+def model_for_classes(model, class_names: Sequence[str], image_size: int | None = None):
+    """``(model, size)``: the model at the test size (``image_size`` or its own), checked to predict one output per class."""
+    size = int(image_size or model_image_size(model))
+    model = model_at_size(model, size)
+    n_outputs = int(model.output_shape[-1])
+    if n_outputs != len(class_names):
+        raise ValueError(f"the model predicts {n_outputs} classes but the data has {len(class_names)} "
+                         f"({', '.join(class_names)}): is it the right model for this dataset (data_dir)?")
+    return model, size
+
+
 def predict_images(model, images: ImageList, *, batch_size: int = 32) -> np.ndarray:
     """Class probabilities (N×C) for an image list through the un-augmented evaluation pipeline."""
     from carlib.data.pipeline import eval_dataset
@@ -347,12 +358,7 @@ def evaluate_model(model_or_path, data_dir: str | os.PathLike | None = None, *, 
         images = validation_images(data_dir, val_split, seed)
     if len(images) == 0:
         raise ValueError("no images to evaluate.")
-    size = int(image_size or model_image_size(model))
-    model = model_at_size(model, size)
-    n_outputs = int(model.output_shape[-1])
-    if n_outputs != len(images.class_names):
-        raise ValueError(f"the model predicts {n_outputs} classes but the data has {len(images.class_names)} "
-                         f"({', '.join(images.class_names)}): is it the right model for this dataset?")
+    model, size = model_for_classes(model, images.class_names, image_size)
     tta_result = None
     if tta and int(tta) > 1:
         tta_result = tta_predict(model, images, preset=tta_preset, passes=int(tta), seed=tta_seed, mean=tta_mean,

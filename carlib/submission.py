@@ -193,8 +193,8 @@ def predict_submission(model_or_path, data_dir: str | os.PathLike | None = None,
     folder names; missing or unreadable images get ``fallback`` (default: the training set's
     most frequent class) and a warning naming them.
     """
-    from carlib.evaluate import load_model, model_at_size, predict_images, resolve_model_path
-    from carlib.tta import check_tta_preset, model_image_size, tta_predict
+    from carlib.evaluate import load_model, model_for_classes, predict_images, resolve_model_path
+    from carlib.tta import check_tta_preset, tta_predict
 
     if tta and int(tta) > 1:
         check_tta_preset(tta_preset)
@@ -209,12 +209,7 @@ def predict_submission(model_or_path, data_dir: str | os.PathLike | None = None,
     sample = read_sample_submission(layout.sample_submission)
     id_column, label_column = sample.columns[0], sample.columns[1]
     train = list_class_images(layout.train_dir)
-    size = int(image_size or model_image_size(model))
-    model = model_at_size(model, size)
-    n_outputs = int(model.output_shape[-1])
-    if n_outputs != len(train.class_names):
-        raise SubmissionError(f"the model predicts {n_outputs} classes but the training folders hold "
-                              f"{len(train.class_names)} ({', '.join(train.class_names)}): wrong model or data_dir?")
+    model, _ = model_for_classes(model, train.class_names, image_size)
     fallback_label = _fallback_label(train, fallback)
 
     ids = sample[id_column].tolist()
