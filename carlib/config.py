@@ -101,9 +101,11 @@ class ExperimentConfig:
     jit_compile: str = "auto"  # auto (Keras decides: off on CPU) | on | off
     strategy: str = "auto"  # auto | default | mirrored | tpu
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism() (cannot be undone in a process)
+    data_cache: str = "auto"  # decoded images: auto (memory if they fit, else disk) | memory | disk | none
     val_split: float = 0.2
     seed: int = 0
     results_dir: str | None = None
+    tensorboard: bool = False  # also write TensorBoard logs to <run_dir>/tensorboard (needs the tensorboard package)
     tta_preset: str = "light"  # carlib.tta preset used when tta_passes > 0
     tta_passes: int = 0  # > 0: the best checkpoint is also evaluated with TTA (val_accuracy_tta)
     trial_id: str | None = None  # set by the sweep runner: a rerun skips trials already in the store
@@ -199,6 +201,7 @@ class ExperimentConfig:
         _choice("mixed_precision", self.mixed_precision, SWITCH_VALUES)
         _choice("jit_compile", self.jit_compile, SWITCH_VALUES)
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("data_cache", self.data_cache, ("auto", "memory", "disk", "none"))
         is_hub = hub.is_hub_backbone(self.backbone)
         if is_hub:
             try:

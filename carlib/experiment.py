@@ -176,6 +176,8 @@ def _run_configured(config: ExperimentConfig, t_start: float, started_at: str) -
             "skipped": [{"path": path, "reason": reason} for path, reason in images.skip_reasons],
             "ignored": [{"path": path, "reason": reason} for path, reason in images.ignored],
             "n_converted": images.n_converted,
+            # where decoded images were cached (data_cache="auto" decides by size: issue 6)
+            "cache": data.cache_modes,
         },
         "checkpoint": {"monitor": monitor, "mode": "max", "best": str(run_dir / "best.keras"),
                        "last": str(run_dir / "last.keras")},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 from pathlib import Path
@@ -23,7 +24,7 @@ import tensorflow as tf
 from carlib import backbones
 from carlib.config import ExperimentConfig, optimizer_class_name
 from carlib.data.folders import ImageList, list_class_images, prepare_data, stratified_split
-from carlib.data.pipeline import eval_dataset, training_dataset
+from carlib.data.pipeline import eval_dataset, resolve_cache, training_dataset
 
 __all__ = ["Runtime", "resolve_runtime", "dtype_policy", "op_determinism", "RunData", "prepare_run_data",
            "make_datasets", "build_run_model", "Stage", "finetune_stages", "set_backbone_trainable",
@@ -137,6 +138,13 @@ class RunData:
         """Number of class folders."""
         return len(self.images.class_names)
 
+    @functools.cached_property
+    def cache_modes(self) -> dict[str, str]:
+        """Where each split's decoded images are cached ("memory", "disk" or "none"), decided once per run."""
+        size, requested = self.config.image_size, self.config.data_cache
+        return {"train": resolve_cache(len(self.train_images), size, requested),
+                "val": resolve_cache(len(self.val_images), size, requested)}
+
     @property
     def has_val(self) -> bool:
         """Whether the split left any validation images (``val_split > 0``)."""
@@ -191,8 +199,10 @@ def make_datasets(data: RunData, runtime: Runtime):
     config = data.config
     batch = runtime.global_batch_size(config.batch_size)
     train_ds = training_dataset(data.train_images, config.image_size, batch, augmentation=config.augmentation,
-                                seed=config.seed)
-    val_ds = eval_dataset(data.val_images, config.image_size, batch) if data.has_val else None
+                                seed=config.seed, cache=data.cache_modes["train"])
+    val_ds = None
+    if data.has_val:
+        val_ds = eval_dataset(data.val_images, config.image_size, batch, cache=data.cache_modes["val"])
     return train_ds, val_ds
 
 

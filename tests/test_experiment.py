@@ -78,10 +78,10 @@ def test_combined_table_has_one_row_per_run_with_numeric_lr(finished):
 
 def test_validation_images_are_never_augmented_during_a_run(fast_config, monkeypatch):
     calls = []
-    original = pipeline.augment_image
-    monkeypatch.setattr(pipeline, "augment_image", lambda p, image, seed: calls.append(1) or original(p, image, seed))
+    original = pipeline.augment_batch
+    monkeypatch.setattr(pipeline, "augment_batch", lambda p, batch, seed: calls.append(len(batch)) or original(p, batch, seed))
     record = carlib.run_experiment(fast_config)
-    assert len(calls) == record["data"]["n_train"] * fast_config["epochs"]
+    assert sum(calls) == record["data"]["n_train"] * fast_config["epochs"]
 
 
 def test_without_validation_the_checkpoint_says_what_it_monitors(fast_config):

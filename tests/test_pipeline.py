@@ -24,15 +24,15 @@ def _collect(ds):
 
 @pytest.fixture
 def augment_calls(monkeypatch):
-    """Counts every call of the augmentation function the pipeline uses."""
+    """Records (seed, number of images) for every call of the augmentation function the pipeline uses."""
     calls = []
-    original = pipeline.augment_image
+    original = pipeline.augment_batch
 
-    def counting(pipe, image, seed):
-        calls.append(seed)
-        return original(pipe, image, seed)
+    def counting(pipe, batch, seed):
+        calls.append((seed, len(batch)))
+        return original(pipe, batch, seed)
 
-    monkeypatch.setattr(pipeline, "augment_image", counting)
+    monkeypatch.setattr(pipeline, "augment_batch", counting)
     return calls
 
 
@@ -56,10 +56,11 @@ def test_eval_dataset_is_raw_pixels_in_file_order_and_never_augments(images, aug
 def test_training_dataset_augments_every_image_once_per_epoch(images, augment_calls):
     ds = training_dataset(images, 32, batch_size=8, augmentation="medium", seed=3)
     epoch1, labels1 = _collect(ds)
-    assert len(augment_calls) == len(images)
+    assert sum(n for _, n in augment_calls) == len(images)
     epoch2, _ = _collect(ds)
-    assert len(augment_calls) == 2 * len(images)
-    assert len(set(augment_calls)) == len(augment_calls)  # a fresh seed per image and epoch
+    assert sum(n for _, n in augment_calls) == 2 * len(images)
+    seeds = [seed for seed, _ in augment_calls]
+    assert len(set(seeds)) == len(seeds)  # a fresh seed per batch and epoch
     assert not np.array_equal(epoch1, epoch2)
     assert sorted(labels1) == sorted(images.labels)
 
@@ -86,3 +87,77 @@ def test_every_preset_returns_the_training_size(images):
     for preset in available_presets():
         x, _ = _collect(training_dataset(images.subset(np.arange(4)), 40, batch_size=4, augmentation=preset))
         assert x.shape == (4, 40, 40, 3), preset
+
+
+# --------------------------------------------------------------- speed features (issue 6)
+def test_large_jpegs_are_downscaled_while_decoding_to_nearly_the_full_decode(tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    # A smooth photo-like 640x480 image (noise would make any two resamplings differ a lot).
+    yy, xx = np.mgrid[0:480, 0:640]
+    rgb = np.stack([(xx * 0.4) % 256, (yy * 0.5) % 256, (xx + yy) * 0.2 % 256], axis=-1)
+    rgb = (rgb + rng.normal(0, 3, rgb.shape)).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(path, quality=92)
+    for size in (64, 100, 224, 300):  # ratios 4, 2, 2 and 1 (480 < 2 * 300)
+        loaded = load_image(tf.constant(str(path)), size).numpy().astype(int)
+        full = tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3)
+        reference = tf.image.resize(full, (size, size), antialias=True)
+        reference = tf.cast(tf.clip_by_value(tf.round(reference), 0, 255), tf.uint8).numpy().astype(int)
+        difference = np.abs(loaded - reference)
+        assert loaded.shape == (size, size, 3)
+        assert difference.mean() < 2.0, (size, difference.mean())
+
+
+def test_augment_batch_draws_per_image_and_repeats_by_seed():
+    from carlib.augment import augment_batch, build_augmentation
+
+    rng = np.random.default_rng(1)
+    batch = np.repeat(rng.integers(0, 256, (1, 24, 24, 3), dtype=np.uint8), 16, axis=0)
+    pipe = build_augmentation("medium", 24)
+    first = augment_batch(pipe, batch, seed=5)
+    again = augment_batch(build_augmentation("medium", 24), batch, seed=5)
+    other = augment_batch(pipe, batch, seed=6)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert len({image.tobytes() for image in first}) > 8  # identical inputs, different draws
+    assert first.shape == batch.shape and first.dtype == np.uint8
+
+
+def test_resolve_cache_sizes_the_cache_to_the_machine(monkeypatch):
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: 10 * 1024**3)
+    assert pipeline.resolve_cache(1000, 64) == "memory"
+    assert pipeline.resolve_cache(1000, 64, None) == "memory"
+    assert pipeline.resolve_cache(10, 64, "none") == "none" and pipeline.resolve_cache(10, 64, False) == "none"
+    assert pipeline.resolve_cache(10, 64, "disk") == "disk"
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: 1024)
+    assert pipeline.resolve_cache(1000, 64) == "disk"
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
+    assert pipeline.resolve_cache(1000, 64) == "none"
+    with pytest.raises(ValueError, match=r"data_cache='ram' is unknown: expected one of auto, memory, disk, none"):
+        pipeline.resolve_cache(10, 64, "ram")
+
+
+def test_disk_cache_is_written_once_completely_and_gives_the_same_batches(images):
+    import os
+
+    from carlib.data.embedded import cache_root
+
+    folder = cache_root() / "decoded"
+    in_memory = _collect(eval_dataset(images, 32, 8, cache="memory"))
+    on_disk = _collect(eval_dataset(images, 32, 8, cache="disk"))
+    np.testing.assert_array_equal(in_memory[0], on_disk[0])
+    np.testing.assert_array_equal(in_memory[1], on_disk[1])
+    written = sorted(p.name for p in folder.iterdir())
+    indexes = [name for name in written if name.endswith(".index") and f"-{len(images)}x32" in name]
+    assert len(indexes) == 1 and not [name for name in written if ".tmp-" in name or "lockfile" in name]
+    stamp = os.path.getmtime(folder / indexes[0])
+    training = _collect(training_dataset(images, 32, 8, augmentation="none", seed=0, cache="disk"))
+    assert os.path.getmtime(folder / indexes[0]) == stamp  # read, not rewritten
+    assert sorted(training[1]) == sorted(images.labels)
+    # Touching a file changes the key: a stale cache is never read.
+    os.utime(images.paths[0], ns=(1, 1))
+    _collect(eval_dataset(images, 32, 8, cache="disk"))
+    assert len([p for p in folder.iterdir() if p.name.endswith(f"-{len(images)}x32.index")]) == 2

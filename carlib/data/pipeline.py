@@ -1,49 +1,178 @@
-"""tf.data pipelines: decode → resize → (cache) → augment (training only) → batch → prefetch.
+"""tf.data pipelines: decode → resize → cache → shuffle → batch → augment (training only) → prefetch.
 
 Images leave the pipeline as float32 RGB in 0–255: the model does its own preprocessing.
 Validation, test and TTA inputs come from :func:`eval_dataset`, which has no augmentation
 parameter at all, so a validation set cannot be augmented by mistake (R15).
+
+Speed (issue 6, measured by ``carlib bench``): files are decoded in parallel, JPEGs at least
+twice the training size are downscaled in the DCT domain while decoding, resized images are
+decoded once and cached (in memory when they fit, else on disk), and albumentations runs
+once per *batch* in a parallel map (one Python call per batch, not per image).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import threading
+import uuid
+import warnings
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from carlib.augment import augment_image, build_augmentation
+from carlib.augment import augment_batch, build_augmentation
 from carlib.data.folders import ImageList
 
-__all__ = ["load_image", "training_dataset", "eval_dataset", "augmented_views", "MEMORY_CACHE_LIMIT_BYTES"]
+__all__ = [
+    "load_image",
+    "training_dataset",
+    "eval_dataset",
+    "augmented_views",
+    "resolve_cache",
+    "decoded_bytes",
+    "CACHE_MODES",
+    "MEMORY_CACHE_FRACTION",
+]
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Decoded, resized uint8 images are cached in memory when they fit under this size
-# (the embedded data at 224 px is ~150 MB; the competition's 15.5k photos at 320 px are 4.7 GB).
-MEMORY_CACHE_LIMIT_BYTES = 2 * 1024**3
+CACHE_MODES = ("auto", "memory", "disk", "none")
+# "auto" caches decoded images in memory when they take at most this share of the RAM available
+# when the pipeline is built (train and validation are sized separately), else on disk.
+MEMORY_CACHE_FRACTION = 0.25
+# Disk caching needs this much free space beyond the cache itself.
+DISK_CACHE_MARGIN_BYTES = 1024**3
+# Part of the disk cache key: bump when load_image changes the pixels it produces.
+DECODER_VERSION = 2
+_JPEG_RATIOS = (1, 2, 4, 8)
+
+
+def _decode_jpeg_downscaled(data: tf.Tensor, image_size: int) -> tf.Tensor:
+    # libjpeg can scale by 1/2, 1/4, 1/8 while decoding (DCT domain), which is much cheaper than a
+    # full decode followed by a resize. Pick the largest ratio that keeps both sides >= image_size,
+    # so the final antialiased resize still only shrinks.
+    shape = tf.image.extract_jpeg_shape(data)
+    short_side = tf.minimum(shape[0], shape[1])
+    index = tf.constant(0)
+    for i, ratio in enumerate(_JPEG_RATIOS[1:], start=1):
+        index = tf.where(short_side >= ratio * image_size, tf.constant(i), index)
+    branches = [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in _JPEG_RATIOS]
+    return tf.switch_case(index, branches)
 
 
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Read, decode and resize one image file to ``image_size``² uint8 RGB."""
+    """Read, decode and resize one image file to ``image_size``² uint8 RGB.
+
+    JPEGs whose short side is at least twice ``image_size`` are downscaled by 2, 4 or 8
+    while decoding; every image then goes through one antialiased resize.
+    """
     data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: _decode_jpeg_downscaled(data, image_size),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def _decoded(images: ImageList, image_size: int, cache: bool | None) -> tf.data.Dataset:
+def decoded_bytes(n_images: int, image_size: int) -> int:
+    """Bytes that ``n_images`` decoded, resized uint8 images take in a cache."""
+    return n_images * image_size * image_size * 3
+
+
+def _available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def resolve_cache(n_images: int, image_size: int, cache: str | bool | None = "auto") -> str:
+    """Where decoded images are cached: ``"memory"``, ``"disk"`` or ``"none"``.
+
+    ``"auto"`` (or ``None``) picks memory when the images take at most
+    :data:`MEMORY_CACHE_FRACTION` of the available RAM, else disk when the cache folder has
+    room (plus :data:`DISK_CACHE_MARGIN_BYTES`), else none. ``True``/``False`` mean
+    memory/none.
+    """
+    if cache is True:
+        return "memory"
+    if cache is False:
+        return "none"
+    if cache is None:
+        cache = "auto"
+    if cache not in CACHE_MODES:
+        raise ValueError(f"data_cache={cache!r} is unknown: expected one of {', '.join(CACHE_MODES)}.")
+    if cache != "auto":
+        return cache
+    needed = decoded_bytes(n_images, image_size)
+    if needed <= MEMORY_CACHE_FRACTION * _available_memory():
+        return "memory"
+    folder = _disk_cache_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(folder).free >= needed + DISK_CACHE_MARGIN_BYTES:
+        return "disk"
+    return "none"
+
+
+def _disk_cache_folder() -> Path:
+    from carlib.data.embedded import cache_root
+
+    return cache_root() / "decoded"
+
+
+def _disk_cache_prefix(images: ImageList, image_size: int) -> Path:
+    """A cache file prefix that changes whenever a file, its label, the size or the decoder changes."""
+    digest = hashlib.sha256(f"v{DECODER_VERSION}|{image_size}".encode())
+    for path, label in zip(images.paths, images.labels):
+        stat = os.stat(path)
+        digest.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}|{int(label)}".encode())
+    return _disk_cache_folder() / f"{digest.hexdigest()[:24]}-{len(images)}x{image_size}"
+
+
+def _write_disk_cache(ds: tf.data.Dataset, prefix: Path) -> None:
+    # tf.data finishes a cache file only when an iteration reaches the end, and a half-written one
+    # blocks later runs. Write under a private name in one full pass, then rename (data before index:
+    # a reader treats the index as the sign of a complete cache).
+    tmp = prefix.with_name(f"{prefix.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        for _ in ds.cache(str(tmp)).batch(256).prefetch(AUTOTUNE):
+            pass
+        for data_file in tmp.parent.glob(f"{tmp.name}.data-*"):
+            os.replace(data_file, prefix.parent / (prefix.name + data_file.name[len(tmp.name):]))
+        os.replace(f"{tmp}.index", f"{prefix}.index")
+    finally:
+        for leftover in tmp.parent.glob(f"{tmp.name}*"):
+            leftover.unlink(missing_ok=True)
+
+
+def _decoded(images: ImageList, image_size: int, cache: str | bool | None) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((list(images.paths), images.labels.astype(np.int32)))
     ds = ds.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=AUTOTUNE)
-    if cache is None:  # auto: decode once when it fits in memory
-        cache = len(images) * image_size * image_size * 3 <= MEMORY_CACHE_LIMIT_BYTES
-    return ds.cache() if cache else ds
+    mode = resolve_cache(len(images), image_size, cache)
+    if mode == "memory":
+        return ds.cache()
+    if mode == "disk" and len(images):
+        prefix = _disk_cache_prefix(images, image_size)
+        if not Path(f"{prefix}.index").is_file():
+            try:
+                _write_disk_cache(ds, prefix)
+            except (OSError, tf.errors.OpError) as err:
+                warnings.warn(f"could not write the decoded-image cache {prefix} ({err}); decoding every epoch "
+                              "instead. Free disk space or set data_cache='none'.", stacklevel=3)
+                return ds
+        return ds.cache(str(prefix))
+    return ds
 
 
 def _to_float(images: tf.Tensor, labels: tf.Tensor):
     return tf.cast(images, tf.float32), labels
 
 
-def eval_dataset(images: ImageList, image_size: int, batch_size: int, *, cache: bool | None = None) -> tf.data.Dataset:
+def eval_dataset(images: ImageList, image_size: int, batch_size: int, *,
+                 cache: str | bool | None = "auto") -> tf.data.Dataset:
     """Un-augmented, un-shuffled batches in file order: for validation, test and TTA inputs."""
     ds = _decoded(images, image_size, cache)
     return ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
@@ -56,11 +185,11 @@ class _ThreadLocalAugmenter:
         self.spec, self.image_size = spec, image_size
         self._local = threading.local()
 
-    def __call__(self, image: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray, seed: np.ndarray) -> np.ndarray:
         pipeline = getattr(self._local, "pipeline", None)
         if pipeline is None:
             pipeline = self._local.pipeline = build_augmentation(self.spec, self.image_size)
-        return np.ascontiguousarray(augment_image(pipeline, image, int(seed) % 2**32), dtype=np.uint8)
+        return augment_batch(pipeline, images, int(seed))
 
 
 def training_dataset(
@@ -70,28 +199,28 @@ def training_dataset(
     *,
     augmentation: str = "none",
     seed: int = 0,
-    cache: bool | None = None,
+    cache: str | bool | None = "auto",
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches for training, different every epoch and repeatable by ``seed``.
 
-    Each image's augmentation seed comes from a seeded random stream that is re-drawn every
-    epoch, so two runs with the same seed see the same augmented images whatever the
-    thread scheduling.
+    Each batch's augmentation seed comes from a seeded random stream that is re-drawn every
+    epoch, and the shuffle is seeded too, so two runs with the same seed see the same
+    augmented images whatever the thread scheduling.
     """
     ds = _decoded(images, image_size, cache)
-    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    if build_augmentation(augmentation, image_size) is not None:
-        augmenter = _ThreadLocalAugmenter(augmentation, image_size)
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if build_augmentation(augmentation, image_size) is None:
+        return ds.map(_to_float, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    augmenter = _ThreadLocalAugmenter(augmentation, image_size)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
-        def augment(example, image_seed):
-            image, label = example
-            out = tf.numpy_function(augmenter, [image, image_seed], tf.uint8, stateful=False)
-            out.set_shape((image_size, image_size, 3))
-            return out, label
+    def augment(batch, batch_seed):
+        batch_images, labels = batch
+        out = tf.numpy_function(augmenter, [batch_images, batch_seed], tf.uint8, stateful=False)
+        out.set_shape((None, image_size, image_size, 3))
+        return tf.cast(out, tf.float32), labels
 
-        ds = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
 def augmented_views(images: ImageList, augmentation: str, image_size: int, *, views: int = 4,
@@ -99,16 +228,15 @@ def augmented_views(images: ImageList, augmentation: str, image_size: int, *, vi
     """What training sees: ``views`` augmented versions of each image, shape (n, 1 + views, H, W, 3) uint8.
 
     Column 0 is the decoded, resized image without augmentation. The views go through the
-    same functions as :func:`training_dataset` (``build_augmentation``, ``augment_image``),
-    so a gallery of them shows exactly what the model is trained on.
+    same functions as :func:`training_dataset` (``load_image``, ``build_augmentation``,
+    ``augment_batch``), so a gallery of them shows exactly what the model is trained on.
     """
     pipeline = build_augmentation(augmentation, image_size)
     rows = []
     for index, path in enumerate(images.paths):
         original = load_image(tf.constant(path), image_size).numpy()
-        row = [original]
-        for view in range(views):
-            view_seed = int(np.random.default_rng([seed, index, view]).integers(2**32))
-            row.append(original if pipeline is None else augment_image(pipeline, original, view_seed))
-        rows.append(np.stack(row))
+        copies = np.repeat(original[None], views, axis=0)
+        row_seed = int(np.random.default_rng([seed, index]).integers(2**32))
+        augmented = copies if pipeline is None else augment_batch(pipeline, copies, row_seed)
+        rows.append(np.concatenate([original[None], augmented]))
     return np.stack(rows)
