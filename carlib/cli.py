@@ -212,6 +212,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="build/report.html", help="where to write the report")
     report.add_argument("--notebooks", nargs="*", default=[], help="more folders of executed notebooks to include")
 
+    from carlib import bench
+
+    bench.add_parser(sub)
+
     data = sub.add_parser("data", help="the embedded synthetic dataset; check a dataset before training")
     data.add_argument("data_command", choices=("generate", "where", "check"))
     data.add_argument("path", nargs="?", default=None,
@@ -246,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_results(args)
         if args.command == "data":
             return _cmd_data(args)
+        if args.command == "bench":
+            from carlib import bench
+
+            return bench.run_command(args)
         if args.command == "sweep":
             return _cmd_sweep(args)
         if args.command == "report":
