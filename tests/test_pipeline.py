@@ -140,10 +140,12 @@ def test_resolve_cache_sizes_the_cache_to_the_machine(monkeypatch):
         pipeline.resolve_cache(10, 64, "ram")
 
 
-def test_disk_cache_is_written_once_completely_and_gives_the_same_batches(images):
+def test_disk_cache_is_written_once_completely_and_gives_the_same_batches(images, tmp_path, monkeypatch):
     import os
 
     from carlib.data.embedded import cache_root
+
+    monkeypatch.setenv("CARLIB_CACHE", str(tmp_path / "fresh-cache"))  # the folder does not exist yet
 
     folder = cache_root() / "decoded"
     in_memory = _collect(eval_dataset(images, 32, 8, cache="memory"))
@@ -161,3 +163,14 @@ def test_disk_cache_is_written_once_completely_and_gives_the_same_batches(images
     os.utime(images.paths[0], ns=(1, 1))
     _collect(eval_dataset(images, 32, 8, cache="disk"))
     assert len([p for p in folder.iterdir() if p.name.endswith(f"-{len(images)}x32.index")]) == 2
+
+
+def test_a_disk_cache_that_cannot_be_written_falls_back_to_decoding_with_a_warning(images, monkeypatch):
+    def full_disk(ds, prefix):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "_write_disk_cache", full_disk)
+    with pytest.warns(UserWarning, match=r"could not write the decoded-image cache .*No space left on device.*"
+                                         r"decoding every epoch instead"):
+        ds = eval_dataset(images, 32, 8, cache="disk")
+    np.testing.assert_array_equal(_collect(ds)[0], _collect(eval_dataset(images, 32, 8, cache="none"))[0])

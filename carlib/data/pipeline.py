@@ -136,6 +136,7 @@ def _write_disk_cache(ds: tf.data.Dataset, prefix: Path) -> None:
     # tf.data finishes a cache file only when an iteration reaches the end, and a half-written one
     # blocks later runs. Write under a private name in one full pass, then rename (data before index:
     # a reader treats the index as the sign of a complete cache).
+    prefix.parent.mkdir(parents=True, exist_ok=True)
     tmp = prefix.with_name(f"{prefix.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         for _ in ds.cache(str(tmp)).batch(256).prefetch(AUTOTUNE):
