@@ -447,8 +447,8 @@ def run_benchmarks(measurements: Sequence[str] = MEASUREMENTS, *, data_dir: str 
                    batch_size: int = 32, presets: Sequence[str] = ("none", "light", "medium", "heavy"),
                    oldway_preset: str = "medium", transforms_preset: str = "heavy",
                    feed_backbone: str = "mobilenet_v3_small", feed_preset: str = "light", rounds: int = 3,
-                   limit: int | None = None, notebook: str | None = None,
-                   on_figures: Callable[[list[Figure]], None] | None = None) -> list[Figure]:
+                   limit: int | None = None, notebook: str | None = None, harness_rounds: int = 2,
+                   harness_epochs: int = 3, on_figures: Callable[[list[Figure]], None] | None = None) -> list[Figure]:
     """Run the named measurements (default: all) and return their figures.
 
     ``on_figures`` is called after each measurement (the CLI prints as it goes).
@@ -463,8 +463,9 @@ def run_benchmarks(measurements: Sequence[str] = MEASUREMENTS, *, data_dir: str 
     for preset in (*presets, oldway_preset, transforms_preset, feed_preset):
         check_augmentation(preset)
     get_backbone(feed_backbone)
-    if rounds < 1:
-        raise ValueError(f"rounds={rounds!r}: expected an integer >= 1.")
+    for name, value in (("rounds", rounds), ("harness_rounds", harness_rounds), ("harness_epochs", harness_epochs)):
+        if value < 1:
+            raise ValueError(f"{name}={value!r}: expected an integer >= 1.")
     images = bench_images(data_dir, limit) if set(measurements) - {"harness"} else None
     figures: list[Figure] = []
 
@@ -484,7 +485,7 @@ def run_benchmarks(measurements: Sequence[str] = MEASUREMENTS, *, data_dir: str 
     if "feed" in measurements:
         emit(measure_feed(images, feed_backbone, feed_preset, image_size, batch_size, rounds))
     if "harness" in measurements:
-        emit(measure_harness(data_dir, notebook))
+        emit(measure_harness(data_dir, notebook, epochs=harness_epochs, rounds=harness_rounds))
     return figures
 
 
@@ -533,6 +534,8 @@ def add_parser(sub) -> None:
     bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison (median)")
     bench.add_argument("--limit", type=int, default=None, help="at most this many training images (stratified)")
     bench.add_argument("--notebook", default=None, help="harness: the study notebook (default: backbone_study)")
+    bench.add_argument("--harness-rounds", type=int, default=2, help="harness: rounds (each runs the study twice)")
+    bench.add_argument("--harness-epochs", type=int, default=3, help="harness: epochs of the study run")
 
 
 def run_command(args) -> int:
@@ -557,7 +560,7 @@ def run_command(args) -> int:
                        presets=args.presets, oldway_preset=args.oldway_preset,
                        transforms_preset=args.transforms_preset, feed_backbone=args.feed_backbone,
                        feed_preset=args.feed_preset, rounds=args.rounds, limit=args.limit, notebook=args.notebook,
-                       on_figures=show)
+                       harness_rounds=args.harness_rounds, harness_epochs=args.harness_epochs, on_figures=show)
     except (ValueError, KeyError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"carlib bench: error: {message}", file=sys.stderr)

@@ -66,6 +66,7 @@ def test_table_output_names_targets(tiny_data_dir, capsys):
     (["bench", "feed", "--feed-backbone", "resnet"], "unknown backbone 'resnet'. Known backbones:"),
     (["bench", "pipeline", "--presets", "strong"], "unknown augmentation 'strong'. Known presets:"),
     (["bench", "pipeline", "--rounds", "0"], "rounds=0: expected an integer >= 1."),
+    (["bench", "harness", "--harness-epochs", "0"], "harness_epochs=0: expected an integer >= 1."),
     (["bench", "transforms", "--transforms-preset", "none"], "augmentation preset 'none' has no transforms to time"),
 ])
 def test_bad_arguments_say_what_is_allowed(argv, message, tiny_data_dir, capsys):
