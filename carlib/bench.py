@@ -131,13 +131,25 @@ def _epoch_rate(dataset) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _side_by_side(candidates: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    """Median of ``rounds`` interleaved measurements of each candidate (a function returning a rate)."""
+class _Rounds(dict):
+    """Samples per candidate from interleaved rounds: ``rounds[name]`` is the median."""
+
+    def __init__(self, samples: dict[str, list[float]]):
+        super().__init__({name: statistics.median(values) for name, values in samples.items()})
+        self.samples = samples
+
+    def ratio(self, numerator: str, denominator: str) -> float:
+        """Median of the per-round ratios: each pair was measured moments apart, so load changes cancel."""
+        return statistics.median(a / b for a, b in zip(self.samples[numerator], self.samples[denominator]))
+
+
+def _side_by_side(candidates: dict[str, Callable[[], float]], rounds: int) -> _Rounds:
+    """``rounds`` interleaved measurements of each candidate (a function returning a rate or a time)."""
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, measure in candidates.items():
             samples[name].append(measure())
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return _Rounds(samples)
 
 
 def _decode_dataset(images, image_size: int, batch_size: int):
@@ -169,7 +181,7 @@ def measure_pipelines(images, presets: Sequence[str] = ("none", "light", "medium
 
     ``pipeline_<preset>_ips`` is an epoch after the first (decoded images cached in memory,
     as in a run where they fit); ``pipeline_<preset>_first_epoch_ips`` includes the decoding.
-    Ratios divide by ``decode_limit_ips`` from the same rounds.
+    Ratios are medians of per-round ratios to ``decode_limit_ips`` measured in the same round.
     """
     from carlib.data.pipeline import training_dataset
 
@@ -190,7 +202,7 @@ def measure_pipelines(images, presets: Sequence[str] = ("none", "light", "medium
         later = {**context, "preset": preset, "epochs": "after the first (decoded images cached)"}
         figures += [
             Figure(f"pipeline_{preset}_ips", rates[preset], "images/s", later),
-            Figure(f"pipeline_{preset}_ratio", rates[preset] / limit, "x decode limit", later),
+            Figure(f"pipeline_{preset}_ratio", rates.ratio(preset, "decode"), "x decode limit", later),
             Figure(f"pipeline_{preset}_first_epoch_ips", first_epoch[preset], "images/s",
                    {**context, "preset": preset, "epochs": "the first (decoding, filling the cache)"}),
             Figure(f"pipeline_{preset}_first_epoch_ratio", first_epoch[preset] / limit, "x decode limit",
@@ -244,7 +256,7 @@ def measure_oldway(images, preset: str = "medium", image_size: int = 128, batch_
                "rounds": rounds, "carlib_ips": round(rates["carlib"], 1),
                "first_epoch_speedup": round(first / rates["oldway"], 2)}
     return [Figure("oldway_ips", rates["oldway"], "images/s", context),
-            Figure("oldway_speedup", rates["carlib"] / rates["oldway"], "x", context)]
+            Figure("oldway_speedup", rates.ratio("carlib", "oldway"), "x", context)]
 
 
 def _single_transforms(preset: str, image_size: int) -> list[tuple[str, Any, float]]:
@@ -364,7 +376,7 @@ def measure_feed(images, backbone: str = "mobilenet_v3_small", preset: str = "li
     context = {"backbone": backbone, "preset": preset, "image_size": image_size, "batch_size": batch_size,
                "n_images": len(images), "rounds": rounds, "pipeline_ips": round(rates["pipeline"], 1),
                "memory_ips": round(rates["memory"], 1)}
-    return [Figure("feed_ratio", rates["pipeline"] / rates["memory"], "x in-memory", context)]
+    return [Figure("feed_ratio", rates.ratio("pipeline", "memory"), "x in-memory", context)]
 
 
 def _default_notebook() -> Path:
@@ -425,7 +437,7 @@ def measure_harness(data_dir: str | None = None, notebook: str | Path | None = N
 
         kernel_start()  # warm-up: the first kernel start pays for cold imports
         times = _side_by_side({"kernel": kernel_start, "direct": direct, "papermill": through_papermill}, rounds)
-    overhead = times["papermill"] - times["direct"]
+    overhead = statistics.median(p - d for p, d in zip(times.samples["papermill"], times.samples["direct"]))
     target = times["kernel"] + 0.05 * times["direct"]
     context = {"notebook": notebook.name, "kernel": kernel, "epochs": epochs, "image_size": image_size,
                "rounds": rounds, "papermill_s": round(times["papermill"], 2), "direct_s": round(times["direct"], 2),
