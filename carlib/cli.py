@@ -15,11 +15,15 @@ __all__ = ["main", "load_params_file"]
 
 
 def load_params_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML parameter file safely; it must be a mapping of known parameter names."""
+    """Read a YAML parameter file safely; it must be a mapping of known parameter names.
+
+    A missing ``params/…`` path is looked up among carlib's own parameter files (:mod:`carlib.project_files`).
+    """
     from carlib.config import check_known, load_yaml_mapping
+    from carlib.project_files import resolve_project_file
     from carlib.studies import STUDY_PARAMETERS
 
-    params = load_yaml_mapping(path, "parameter file")
+    params = load_yaml_mapping(resolve_project_file(path), "parameter file")
     check_known(params, STUDY_PARAMETERS)
     return params
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +94,30 @@ def test_each_notebook_runs_with_its_quick_preset(study, preset, tiny_data_dir, 
     assert run.returncode == 0, output[-3000:]
     table = load_results(results)
     assert list(table["study"]) == [study] and list(table["status"]) == ["ok"]
+
+
+def test_a_notebook_executes_top_to_bottom_with_nbconvert_quietly(tmp_path):
+    """jupyter nbconvert --execute runs a notebook as committed (its default parameters, the embedded data) and its
+    outputs stay readable: the setup cell does nothing, one line per epoch, no TensorFlow start-up lines."""
+    pytest.importorskip("nbconvert")
+    # Without TF_CPP_MIN_LOG_LEVEL in the environment: `import carlib` must provide the quiet default itself.
+    # Without PYTEST_CURRENT_TEST: ipykernel would not copy C++ output (file descriptor 2) into the notebook then.
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTEST_CURRENT_TEST")}
+    env["CARLIB_RESULTS_DIR"] = str(tmp_path / "results")
+    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                          str(NOTEBOOKS / "augmentation_study.ipynb"), "--output-dir", str(tmp_path / "out"),
+                          "--ExecutePreprocessor.timeout=600"], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cells = json.loads((tmp_path / "out" / "augmentation_study.ipynb").read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert code[0]["id"] == "colab-setup" and code[0]["outputs"] == []  # carlib is importable here: a no-op
+    streams = [(o["name"], "".join(o["text"])) for c in code for o in c["outputs"] if o["output_type"] == "stream"]
+    stderr = "".join(text for name, text in streams if name == "stderr")
+    assert "absl::InitializeLog" not in stderr and not re.search(r"^[IWE]\d{4} ", stderr, re.M), stderr
+    stdout = "".join(text for name, text in streams if name == "stdout")
+    assert "\r" not in stdout and "\x08" not in stdout and "━" not in stdout  # no progress bars
+    epochs = re.findall(r"^epoch (\d+)/4: .*val_accuracy [\d.]+.* \([\d.]+ s\)$", stdout, re.M)
+    assert epochs == ["1", "2", "3", "4"], stdout
+    assert "Epoch 1/4" not in stdout  # Keras' own per-epoch header is not printed as well
+    assert any("image/png" in o.get("data", {}) for c in code for o in c["outputs"])  # the plots are there
+    assert len(load_results(tmp_path / "results")) == 1
