@@ -14,6 +14,10 @@ import os as _os
 # Keep TensorFlow's C++ start-up chatter and albumentations' update check out of notebooks.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# The lines TensorFlow prints before its logging reads TF_CPP_MIN_LOG_LEVEL are filtered by it too.
+from carlib.startup_log import filter_tensorflow_startup_lines as _filter_tensorflow_startup_lines  # noqa: E402
+
+_filter_tensorflow_startup_lines()
 
 __version__ = "0.1.0"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import os
 import typing
@@ -183,6 +184,10 @@ class ExperimentConfig:
                 "None (random initialisation), or the path of a local weights file "
                 "(e.g. one saved with model.save_weights('backbone.weights.h5'))."
             )
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard=True writes TensorBoard logs, but the tensorboard package is not installed: "
+                              "pip install tensorboard (or pip install 'carlib[tensorboard]'), or leave tensorboard "
+                              "off.")
         self._validate_training()
 
     def _validate_training(self) -> None:

@@ -68,6 +68,23 @@ class _FiniteModelCheckpoint(keras.callbacks.ModelCheckpoint):
         super().on_epoch_end(epoch, logs)
 
 
+class _EpochLine(keras.callbacks.Callback):
+    """One line per epoch — ``epoch 3/12: loss 1.912, accuracy 0.3125, …, learning_rate 0.001 (4.1 s)`` —
+    instead of Keras' progress output, which is a bar in notebooks and two lines per epoch with ``verbose=2``."""
+
+    def __init__(self, total_epochs: int):
+        super().__init__()
+        self.total_epochs = total_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        seconds = logs.pop("epoch_time_s", None)
+        logs.pop("train_time_s", None)
+        values = ", ".join(f"{name} {float(value):.4g}" for name, value in logs.items())
+        took = f" ({seconds:.1f} s)" if seconds is not None else ""
+        print(f"epoch {epoch + 1}/{self.total_epochs}: {values}{took}", flush=True)
+
+
 def environment_info() -> dict[str, Any]:
     """Library versions and hardware, recorded with every run."""
     import albumentations
@@ -214,9 +231,12 @@ def _run_configured(config: ExperimentConfig, t_start: float, started_at: str) -
         callbacks = [
             *lr_callbacks,
             _EpochTimer(),
+            _EpochLine(resolved.epochs),  # after the timer, whose epoch time it prints
             checkpoint,
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+            # Opt-in (tensorboard: true): `tensorboard --logdir <results_dir>` shows every such run.
+            *([keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"))] if resolved.tensorboard else []),
             *([early] if early else []),
             # Last: it saves what the callbacks above have done this epoch.
             *([backup.callback(run_id, started_at, history=history, checkpoint=checkpoint, stateful=stateful)]
@@ -233,7 +253,8 @@ def _run_configured(config: ExperimentConfig, t_start: float, started_at: str) -
                 resume.TrialBackup.restore_weights(model, state, new_optimizer=done == stage.first_epoch)
                 restored = True
             fitted = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(stage.first_epoch, done),
-                               epochs=stage.end_epoch, callbacks=callbacks, shuffle=False, verbose=2)
+                               epochs=stage.end_epoch, callbacks=callbacks, shuffle=False,
+                               verbose=0)  # _EpochLine prints one line per epoch
             history += _history_rows(fitted.history, fitted.epoch)
             if model.stop_training:  # early stopping or a NaN loss ends the run, not only the stage
                 break

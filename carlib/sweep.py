@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,9 +38,11 @@ from typing import Any, Sequence
 
 from carlib.config import ConfigError, ExperimentConfig, check_known, default_results_dir, load_yaml_mapping
 from carlib.locks import try_lock
+from carlib.project_files import resolve_project_file
 from carlib.results import RECORD_SCHEMA, ResultsStore, new_run_id
 
-__all__ = ["SweepSpec", "Trial", "SweepReport", "load_sweep", "expand_trials", "run_sweep", "parse_shard"]
+__all__ = ["SweepSpec", "Trial", "SweepReport", "load_sweep", "expand_trials", "run_sweep", "parse_shard",
+           "check_kernel"]
 
 _SWEEP_KEYS = ("notebook", "study", "base", "grid", "seeds", "description")
 KERNEL_START_TIMEOUT_S = 600
@@ -85,12 +88,15 @@ def _find_notebook(value: str, sweep_file: Path) -> Path:
     for base in (Path.cwd(), *sweep_file.resolve().parents):
         if (base / candidate).is_file():
             return (base / candidate).resolve()
-    return candidate
+    return resolve_project_file(candidate)  # notebooks/<study>.ipynb of carlib itself (a wheel carries them)
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
-    """Read and validate a sweep file: every trial's parameters are checked before anything runs."""
-    path = Path(path)
+    """Read and validate a sweep file: every trial's parameters are checked before anything runs.
+
+    A missing ``params/…`` path is looked up among carlib's own parameter files (:mod:`carlib.project_files`).
+    """
+    path = resolve_project_file(path)
     raw = load_yaml_mapping(path, "sweep file")
     unknown = [k for k in raw if k not in _SWEEP_KEYS]
     if unknown:
@@ -155,6 +161,38 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not 1 <= index <= count:
         raise ConfigError(f"shard={text!r}: expected i/n with 1 <= i <= n, e.g. 1/2.")
     return (index, count)
+
+
+def check_kernel(kernel: str) -> str:
+    """The interpreter the Jupyter kernel ``kernel`` runs; fails before any trial if papermill could not start it.
+
+    ``python3`` resolves as papermill resolves it: the kernel this environment installed (``make install``
+    registers the project's own) or, without one, ipykernel's built-in spec, which runs this very interpreter.
+    A kernel that runs another interpreter gets a warning: its trials import carlib from that environment.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        spec = manager.get_kernel_spec(kernel)
+    except NoSuchKernel:
+        known = ", ".join(sorted(manager.find_kernel_specs())) or "none"
+        raise ConfigError(f"Jupyter kernel {kernel!r} is not installed (installed kernels: {known}). Pass --kernel with "
+                          f"one of them, or register this environment as {kernel!r}: {sys.executable} -m ipykernel "
+                          f"install --sys-prefix --name {kernel}") from None
+    program = spec.argv[0] if spec.argv else ""
+    # jupyter_client starts a kernel whose argv[0] is plain "python", "python3" or "python3.X" with sys.executable.
+    if program in {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}:
+        return sys.executable
+    # Same environment = same bin folder (a venv's python is a symlink to the base interpreter: never resolve the file).
+    located = shutil.which(program) or program
+    if os.path.realpath(os.path.dirname(located)) != os.path.realpath(os.path.dirname(sys.executable)):
+        import warnings
+
+        warnings.warn(f"Jupyter kernel {kernel!r} runs {program}, not this interpreter ({sys.executable}): the trials "
+                      f"import carlib and its packages from that environment. To use this one: {sys.executable} -m "
+                      f"ipykernel install --sys-prefix --name {kernel}", stacklevel=2)
+    return program
 
 
 def _finished_trial_ids(store: ResultsStore, study: str) -> set[str]:
@@ -251,6 +289,8 @@ def run_sweep(sweep: str | os.PathLike | SweepSpec, *, results_dir: str | os.Pat
     done = _finished_trial_ids(store, spec.study)
     report = SweepReport(skipped=[t.trial_id for t in trials if t.trial_id in done])
     todo = [t for t in trials if t.trial_id not in done]
+    if todo:
+        check_kernel(kernel)  # a missing kernel fails here, not once per trial in the logs
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(trials), initial=len(report.skipped), desc=f"sweep {spec.study}", unit="trial",
