@@ -195,7 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="trials run in parallel")
     sweep.add_argument("--gpus", default=None, help="comma-separated GPU ids; worker i uses one of them (CUDA_VISIBLE_DEVICES)")
     sweep.add_argument("--shard", default=None, help="i/n: run only this machine's share of the trials (1-based)")
-    sweep.add_argument("--kernel", default="python3", help="Jupyter kernel name for papermill (-k)")
+    sweep.add_argument("--kernel", default="python3",
+                       help="Jupyter kernel for papermill (-k); default python3, this environment's own kernel")
     sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
 
