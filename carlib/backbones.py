@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import keras
 
 from carlib import hub  # also registers carlib>HubBackbone, so .keras files holding one deserialize
+from carlib import losses  # noqa: F401  registers the label-smoothing loss, so compiled .keras files load
 
 __all__ = [
     "BackboneSpec",
@@ -26,6 +27,11 @@ __all__ = [
     "feature_extractor",
     "InferenceModeBackbone",
     "PREPROCESSING",
+    "KNOB_LIMITS",
+    "knob_backbones",
+    "check_knobs",
+    "plain_cnn",
+    "residual_cnn",
 ]
 
 # What each preprocessing mode maps raw 0–255 RGB to, i.e. what the backbone's first layer sees.
@@ -40,16 +46,19 @@ PREPROCESSING: dict[str, tuple[float, float]] = {
 class BackboneSpec:
     """A named feature extractor.
 
-    ``build(input_shape, weights)`` returns a Keras model without classification top whose
-    output is a feature map or vector; ``preprocessing`` is one of :data:`PREPROCESSING`,
-    the scaling carlib applies in front of it.
+    ``build(input_shape, weights, **knobs)`` returns a Keras model without classification top
+    whose output is a feature map or vector; ``preprocessing`` is one of :data:`PREPROCESSING`,
+    the scaling carlib applies in front of it. ``knobs`` maps the size knobs the builder
+    accepts (``width``: channels of the first stage, doubled per stage; ``depth``: layers or
+    residual blocks per stage) to this variant's values; empty for fixed architectures.
     """
 
     name: str
-    build: Callable[[tuple[int, int, int], str | None], keras.Model]
+    build: Callable[..., keras.Model]
     preprocessing: str
     default_size: int
     description: str = ""
+    knobs: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def input_range(self) -> tuple[float, float]:
@@ -73,6 +82,41 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
 def available_backbones() -> tuple[str, ...]:
     """Names of all registered backbones, sorted."""
     return tuple(sorted(_REGISTRY))
+
+
+# Inclusive bounds of the size knobs: below them a net cannot learn the task, above them it is no longer compact.
+KNOB_LIMITS: dict[str, tuple[int, int]] = {"width": (4, 256), "depth": (1, 8)}
+
+
+def knob_backbones() -> tuple[str, ...]:
+    """Names of the registered backbones whose width and depth can be set (carlib's compact family)."""
+    return tuple(name for name in available_backbones() if _REGISTRY[name].knobs)
+
+
+def check_knobs(backbone: str, width: int | None = None, depth: int | None = None) -> dict[str, int]:
+    """The knobs to pass to ``backbone``'s builder; ``None`` keeps the variant's own value.
+
+    Raises ``ValueError`` naming the problem and the fix: a knob for a backbone without knobs
+    (the ``keras.applications`` nets have fixed sizes), or a value outside :data:`KNOB_LIMITS`.
+    """
+    given = {name: value for name, value in (("width", width), ("depth", depth)) if value is not None}
+    if not given:
+        return {}
+    spec = get_backbone(backbone)
+    for name, value in given.items():
+        if name not in spec.knobs:
+            raise ValueError(f"backbone_{name}={value!r}: backbone {backbone!r} has a fixed architecture; width and "
+                             f"depth apply to carlib's compact backbones ({', '.join(knob_backbones())}). "
+                             f"Leave backbone_{name} unset, or choose one of those.")
+        low, high = KNOB_LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"backbone_{name}={value!r} is out of range: expected an integer in [{low}, {high}] "
+                             f"({_KNOB_MEANING[name]}; {backbone!r} uses {spec.knobs[name]}).")
+    return given
+
+
+_KNOB_MEANING = {"width": "channels of the first stage, doubled at each of the 4 stages",
+                 "depth": "conv layers or residual blocks per stage"}
 
 
 def get_backbone(name: str) -> BackboneSpec:
@@ -107,6 +151,8 @@ def build_model(
     hidden_units: int = 0,
     head_batchnorm: bool = False,
     input_range: str | None = None,
+    width: int | None = None,
+    depth: int | None = None,
 ) -> keras.Model:
     """Raw 0–255 RGB in, class probabilities out: preprocessing → backbone → pooling → head → dense.
 
@@ -120,8 +166,12 @@ def build_model(
     [``Dense(hidden_units, relu)`` if ``hidden_units`` > 0; none by default, R17] → dropout →
     ``Dense(num_classes)`` in float32. ``input_range`` overrides the spec's preprocessing mode
     (a key of :data:`PREPROCESSING`; used for ``hub:`` backbones, whose range is a parameter).
+    ``width`` / ``depth`` resize carlib's compact from-scratch backbones (:func:`knob_backbones`):
+    channels of the first stage (doubled per stage) and layers or residual blocks per stage;
+    ``None`` keeps the variant's own.
     """
     spec = get_backbone(backbone)
+    knobs = check_knobs(backbone, width, depth)
     preprocessing = input_range or spec.preprocessing
     if preprocessing not in PREPROCESSING:
         raise ValueError(f"input_range={preprocessing!r} is unknown: expected one of {sorted(PREPROCESSING)}.")
@@ -133,7 +183,7 @@ def build_model(
         weights = str(path)
     inputs = keras.Input(shape=(size, size, 3), name="image")
     x = preprocessing_layer(preprocessing)(inputs)
-    extractor = spec.build((size, size, 3), weights)
+    extractor = spec.build((size, size, 3), weights, **knobs)
     is_hub = hub.is_hub_backbone(spec.name)
     if is_hub and bn_mode == "train" and not _hub_layer(extractor).accepts_training:
         raise ValueError(f"bn_mode='train' needs a SavedModel whose endpoint takes a training argument; "
@@ -230,33 +280,97 @@ def _applications(constructor_name: str, **extra) -> Callable[[tuple[int, int, i
     return build
 
 
-def _simple_cnn(input_shape, weights, widths=(16, 32, 64, 128)) -> keras.Model:
-    """A small plain CNN for CPUs and from-scratch training: conv-BN-ReLU then 2× max-pool per width.
-
-    Narrow early stages keep it cheap: ~16 M multiply-adds per 64 px image, about 5× faster
-    on 2 cores than two 32–192-wide convolutions per stage, and no slower to learn on the
-    embedded data (docs/NOTES.md).
-    """
-    inputs = keras.Input(shape=input_shape)
-    x = inputs
-    for i, width in enumerate(widths):
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        # momentum 0.9, not Keras' 0.99: short CPU runs take a few hundred steps, and the
-        # slow default leaves the moving statistics (used at validation) near their init.
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i}_bn")(x)
-        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
-        if i < len(widths) - 1:
-            x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)
-    model = keras.Model(inputs, x, name="simple_cnn")
+def _own_weights(model: keras.Model, weights: str | None) -> keras.Model:
+    """Load a local weights file into one of carlib's from-scratch nets (there are no ImageNet weights)."""
     if weights == "imagenet":
-        raise ValueError("simple_cnn has no ImageNet weights: use weights=None or a local weights file.")
+        raise ValueError(f"{model.name} has no ImageNet weights: use weights=None or a local weights file.")
     if weights:
         model.load_weights(weights)
     return model
 
 
+def _conv_bn(x, filters: int, prefix: str, *, kernel: int = 3, gamma_zero: bool = False):
+    """Conv (no bias: BatchNorm follows) then BatchNorm with momentum 0.9.
+
+    Momentum 0.9, not Keras' 0.99: short CPU runs take a few hundred steps, and the slow
+    default leaves the moving statistics (used at validation) near their init (docs/NOTES.md).
+    """
+    x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
+    return keras.layers.BatchNormalization(momentum=0.9, gamma_initializer="zeros" if gamma_zero else "ones",
+                                           name=f"{prefix}_bn")(x)
+
+
+def plain_cnn(input_shape, weights: str | None = None, *, width: int = 16, depth: int = 1,
+              name: str = "plain_cnn") -> keras.Model:
+    """A plain CNN for CPUs and from-scratch training: 4 stages of ``depth`` × conv-BN-ReLU, 2× max-pool between.
+
+    Stage *i* has ``width × 2^i`` channels. ``simple_cnn`` is width 16, depth 1: ~16 M
+    multiply-adds per 64 px image, about 5× faster on 2 cores than two 32–192-wide
+    convolutions per stage. ``cnn_small`` (depth 2) costs about twice as much per image and, for
+    the same CPU time, learned the embedded data better (the CPU recipe study, README).
+    """
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    for i in range(4):
+        for j in range(depth):
+            # depth 1 keeps simple_cnn's original layer names (block0_conv, block0_bn, ...)
+            prefix = f"block{i}" if j == 0 else f"block{i}_{j + 1}"
+            x = _conv_bn(x, width * 2**i, prefix)
+            x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
+        if i < 3:
+            x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)
+    return _own_weights(keras.Model(inputs, x, name=name), weights)
+
+
+def residual_cnn(input_shape, weights: str | None = None, *, width: int = 16, depth: int = 1,
+                 name: str = "residual_cnn") -> keras.Model:
+    """A small ResNet for CPUs and small datasets: residual blocks between max-pooling steps.
+
+    Stem: conv-BN-ReLU at full resolution, then 4 stages, each starting with a 2× max-pool
+    and holding ``depth`` basic blocks (conv-BN-ReLU-conv-BN plus the shortcut, then ReLU;
+    He et al. 2016) with ``width × 2^i`` channels; the first block of a wider stage has a 1×1
+    projection shortcut. Max-pooling between stages, as in the ResNet-9 that trains CIFAR-10
+    in minutes (Page 2018), instead of ResNet's stride-2 convolutions: with strided blocks
+    this net memorised the embedded data's 500 training images within 8 epochs (training
+    accuracy 0.97, validation at chance, docs/NOTES.md). The last BatchNorm of each block
+    starts at γ = 0, so every block starts as the identity (Goyal et al. 2017).
+    """
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.ReLU(name="stem_relu")(_conv_bn(inputs, width, "stem"))
+    for i in range(4):
+        filters = width * 2**i
+        x = keras.layers.MaxPooling2D(name=f"stage{i}_pool")(x)
+        for j in range(depth):
+            prefix = f"stage{i}_block{j}"
+            shortcut = x if x.shape[-1] == filters else _conv_bn(x, filters, f"{prefix}_shortcut", kernel=1)
+            y = keras.layers.ReLU(name=f"{prefix}_relu1")(_conv_bn(x, filters, f"{prefix}_1"))
+            y = _conv_bn(y, filters, f"{prefix}_2", gamma_zero=True)
+            x = keras.layers.ReLU(name=f"{prefix}_out")(keras.layers.Add(name=f"{prefix}_add")([shortcut, y]))
+    return _own_weights(keras.Model(inputs, x, name=name), weights)
+
+
+def _variant(builder: Callable[..., keras.Model], name: str, **defaults: int) -> Callable[..., keras.Model]:
+    """The builder of a named variant: its own width and depth unless the caller's knobs override them."""
+
+    def build(input_shape, weights, **knobs):
+        return builder(input_shape, weights, name=name, **{**defaults, **knobs})
+
+    return build
+
+
+def _compact(builder: Callable[..., keras.Model], name: str, default_size: int, description: str,
+             **knobs: int) -> BackboneSpec:
+    return BackboneSpec(name, _variant(builder, name, **knobs), "unit", default_size, description, knobs)
+
+
 for _spec in (
-    BackboneSpec("simple_cnn", _simple_cnn, "unit", 64, "small plain CNN, fast from scratch on a CPU"),
+    # The compact from-scratch family (x/255 in; width and depth can be set, see KNOB_LIMITS).
+    _compact(plain_cnn, "simple_cnn", 64, "small plain CNN, fast from scratch on a CPU", width=16, depth=1),
+    _compact(plain_cnn, "cnn_small", 64, "plain CNN, two convolutions per stage", width=16, depth=2),
+    _compact(residual_cnn, "resnet_tiny", 64, "small ResNet (1 block per stage), from scratch on a CPU",
+             width=16, depth=1),
+    _compact(residual_cnn, "resnet_small", 64, "ResNet with 2 blocks per stage, from scratch on a CPU",
+             width=24, depth=2),
     BackboneSpec("xception", _applications("Xception"), "symmetric", 299, "Xception (keras.applications)"),
     BackboneSpec("efficientnet_b0", _applications("EfficientNetB0"), "raw", 224, "EfficientNetB0, rescales inside"),
     BackboneSpec("efficientnet_b3", _applications("EfficientNetB3"), "raw", 300, "EfficientNetB3, rescales inside"),

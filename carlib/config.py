@@ -74,6 +74,8 @@ class ExperimentConfig:
     study: str = "adhoc"
     data_dir: str | None = None
     backbone: str = "simple_cnn"
+    backbone_width: int | None = None  # compact backbones: channels of the first stage; None: the variant's own
+    backbone_depth: int | None = None  # compact backbones: layers or residual blocks per stage; None: the variant's own
     weights: str | None = None
     image_size: int | None = None
     batch_size: int = 32
@@ -87,6 +89,7 @@ class ExperimentConfig:
     optimizer: str = "adam"
     augmentation: str = "light"
     dropout: float = 0.2
+    label_smoothing: float = 0.0  # targets 1 - ε + ε/C and ε/C instead of 1 and 0
     bn_mode: str = "auto"
     # fine-tuning (R18) and the head (R16, R17)
     finetune: str = "full"  # full | head | two_stage | gradual
@@ -148,6 +151,9 @@ class ExperimentConfig:
             backbone=hub.absolute_hub_backbone(self.backbone) if is_hub else self.backbone,
             hub_input_range=(self.hub_input_range or hub.HUB_DEFAULT_INPUT_RANGE) if is_hub else None,
             image_size=self.image_size or spec.default_size,
+            # a compact backbone's record names its width and depth, also when they are the variant's own
+            backbone_width=self.backbone_width or spec.knobs.get("width"),
+            backbone_depth=self.backbone_depth or spec.knobs.get("depth"),
             data_dir=str(Path(self.data_dir).expanduser().resolve()) if self.data_dir else str(embedded.embedded_data_dir()),
             results_dir=str(Path(self.results_dir or default_results_dir()).expanduser().resolve()),
         )
@@ -162,6 +168,8 @@ class ExperimentConfig:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         _check(0 <= self.dropout < 1, "dropout", self.dropout, "a fraction in [0, 1)")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
+               "a fraction in [0, 1), e.g. 0.1; 0 turns it off")
         _check(0 < self.lr_factor <= 1, "lr_factor", self.lr_factor, "a factor in (0, 1]")
         _check(self.lr_patience >= 1, "lr_patience", self.lr_patience, "an integer >= 1 (epochs without improvement)")
         _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "an integer >= 0")
@@ -169,6 +177,11 @@ class ExperimentConfig:
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         if not self.backbone.startswith("hub:"):  # hub:<handle or path> names a SavedModel, see carlib.hub
             _choice("backbone", self.backbone, backbones.available_backbones())
+        if self.backbone_width is not None or self.backbone_depth is not None:
+            try:
+                backbones.check_knobs(self.backbone, self.backbone_width, self.backbone_depth)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         _choice("schedule", self.schedule, schedules.SCHEDULES)
         _choice("optimizer", self.optimizer, tuple(_OPTIMIZERS))
         _choice("bn_mode", self.bn_mode, ("auto", "frozen", "train"))

@@ -55,6 +55,10 @@ for _spec in (
               ("param_count", "train_images_per_s", "eval_images_per_s")),
     StudySpec("finetune_study", "How should a pretrained backbone be fine-tuned, and with BatchNorm in which mode?",
               ("finetune", "bn_mode"), ("epoch_s",)),
+    StudySpec("cpu_recipe_study", "Which from-scratch recipe trains best on a CPU within a fixed budget?",
+              ("backbone", "backbone_width", "backbone_depth", "image_size", "epochs", "augmentation", "label_smoothing",
+               "schedule", "warmup_epochs", "lr"),
+              ("val_accuracy_tta", "epoch_s", "train_images_per_s")),
 ):
     register_study(_spec)
 del _spec

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import keras
 import tensorflow as tf
 
-from carlib import backbones
+from carlib import backbones, losses
 from carlib.config import ExperimentConfig, optimizer_class_name
 from carlib.data.folders import ImageList, list_class_images, prepare_data, stratified_split
 from carlib.data.pipeline import eval_dataset, resolve_cache, training_dataset
@@ -212,7 +212,8 @@ def build_run_model(config: ExperimentConfig, num_classes: int, runtime: Runtime
         return backbones.build_model(config.backbone, num_classes, config.image_size, weights=config.weights,
                                      dropout=config.dropout, bn_mode=config.bn_mode,
                                      hidden_units=config.head_hidden_units, head_batchnorm=config.head_batchnorm,
-                                     input_range=config.hub_input_range)
+                                     input_range=config.hub_input_range, width=config.backbone_width,
+                                     depth=config.backbone_depth)
 
 
 # ---------------------------------------------------------------------- fine-tuning
@@ -288,7 +289,7 @@ def compile_for_stage(model: keras.Model, config: ExperimentConfig, runtime: Run
     """
     with runtime.strategy.scope():
         optimizer = getattr(keras.optimizers, optimizer_class_name(config.optimizer))(learning_rate=config.lr)
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+        model.compile(optimizer=optimizer, loss=losses.classification_loss(config.label_smoothing), metrics=["accuracy"],
                       jit_compile=runtime.jit_compile)
 
 

@@ -28,9 +28,10 @@ MESSAGES = [
     ({"lr": "abc"}, "lr='abc' has the wrong type: expected a number."),
     ({"epochs": "2.5"}, "epochs='2.5' has the wrong type: expected an integer."),
     ({"schedule": "exponential"}, "unknown schedule 'exponential'. Known: constant, cosine, plateau, step."),
-    ({"backbone": "xceptoin"}, "unknown backbone 'xceptoin'. Did you mean 'xception'? Known: convnext_tiny, "
-                               "efficientnet_b0, efficientnet_b3, efficientnet_v2_b0, efficientnet_v2_s, "
-                               "mobilenet_v3_small, simple_cnn, xception."),
+    ({"backbone": "xceptoin"}, "unknown backbone 'xceptoin'. Did you mean 'xception'? Known: cnn_small, "
+                               "convnext_tiny, efficientnet_b0, efficientnet_b3, efficientnet_v2_b0, "
+                               "efficientnet_v2_s, mobilenet_v3_small, resnet_small, resnet_tiny, simple_cnn, "
+                               "xception."),
     ({"augmentation": "extreme"}, "unknown augmentation 'extreme'. Known presets: heavy, light, medium, none; or "
                                   "the path of a .json/.yaml pipeline saved with albumentations.save, or such a "
                                   "pipeline inline (albumentations.to_dict(...) as a mapping or JSON text)."),
