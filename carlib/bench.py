@@ -531,7 +531,8 @@ def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="speed figures: decode limit, pipeline per preset, old way, transforms, "
                                          "feed ratio, harness overhead")
     bench.add_argument("measurements", nargs="*", metavar="MEASUREMENT",
-                       help=f"any of {', '.join(MEASUREMENTS)} (default: all)")
+                       help=f"any of {', '.join(MEASUREMENTS)} (default: all). `carlib bench recipe --help`: "
+                            "the CPU recipe against a plain Keras CNN, a separate benchmark with its own options")
     bench.add_argument("--data-dir", default=None, help="dataset (default: the embedded dataset)")
     bench.add_argument("--json", action="store_true",
                        help='one JSON object per line per figure: {"figure", "value", "unit", ...context}')

@@ -240,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from carlib.data.screen import DataError
     from carlib.locks import TrialBusyError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "recipe"]:  # its own options: the recipe against a plain Keras CNN (issue 9)
+        from carlib import recipe_bench
+
+        return recipe_bench.main(argv[2:], prog="carlib bench recipe")
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     try:

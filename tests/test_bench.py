@@ -81,3 +81,11 @@ def test_harness_overhead_compares_papermill_with_a_direct_run(tiny_data_dir):
     assert context["papermill_s"] > 0 and context["direct_s"] > 0 and context["kernel_start_s"] > 0
     assert figure.value == pytest.approx(context["papermill_s"] - context["direct_s"], abs=0.02)
     assert context["target"] == pytest.approx(context["kernel_start_s"] + 0.05 * context["direct_s"], abs=0.02)
+
+
+def test_bench_recipe_is_its_own_benchmark_with_its_own_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "recipe", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: carlib bench recipe") and "--baseline-epochs" in out and "--seeds" in out
