@@ -170,10 +170,9 @@ def _as_uint8_batch(images: np.ndarray, image_size: int) -> np.ndarray:
             )
         array = np.clip(np.round(array), 0, 255).astype(np.uint8)
     if array.shape[1:3] != (image_size, image_size):
-        import tensorflow as tf
+        from carlib.data.pipeline import resize_image  # the same resize as files get
 
-        resized = tf.image.resize(array, (image_size, image_size), antialias=True)
-        array = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+        array = resize_image(array, image_size).numpy()
     return array
 
 

@@ -104,8 +104,7 @@ def test_large_jpegs_are_downscaled_while_decoding_to_nearly_the_full_decode(tmp
     for size in (64, 100, 224, 300):  # ratios 4, 2, 2 and 1 (480 < 2 * 300)
         loaded = load_image(tf.constant(str(path)), size).numpy().astype(int)
         full = tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3)
-        reference = tf.image.resize(full, (size, size), antialias=True)
-        reference = tf.cast(tf.clip_by_value(tf.round(reference), 0, 255), tf.uint8).numpy().astype(int)
+        reference = pipeline.resize_image(full, size).numpy().astype(int)
         difference = np.abs(loaded - reference)
         assert loaded.shape == (size, size, 3)
         assert difference.mean() < 2.0, (size, difference.mean())
@@ -174,3 +173,18 @@ def test_a_disk_cache_that_cannot_be_written_falls_back_to_decoding_with_a_warni
                                          r"decoding every epoch instead"):
         ds = eval_dataset(images, 32, 8, cache="disk")
     np.testing.assert_array_equal(_collect(ds)[0], _collect(eval_dataset(images, 32, 8, cache="none"))[0])
+
+
+def test_resize_averages_when_shrinking_and_interpolates_when_enlarging():
+    import tensorflow as tf
+
+    stripes = np.zeros((64, 64, 3), dtype=np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: plain bilinear sampling would alias them to black or white
+    shrunk = pipeline.resize_image(tf.constant(stripes), 16).numpy()
+    assert shrunk.shape == (16, 16, 3) and shrunk.dtype == np.uint8
+    assert np.abs(shrunk.astype(int) - 128).max() <= 1  # every output pixel is the mean of its area
+    small = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) * 5
+    enlarged = pipeline.resize_image(tf.constant(small), 8).numpy()
+    assert enlarged.shape == (8, 8, 3) and len(np.unique(enlarged[..., 0])) > 16  # interpolated, not blocky
+    batch = pipeline.resize_image(tf.constant(np.stack([stripes, stripes])), 16).numpy()
+    np.testing.assert_array_equal(batch[0], shrunk)
