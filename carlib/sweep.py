@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 from carlib.config import ConfigError, ExperimentConfig, check_known, default_results_dir, load_yaml_mapping
 from carlib.locks import try_lock
+from carlib.notebook_run import notebook_command
 from carlib.project_files import resolve_project_file
 from carlib.results import RECORD_SCHEMA, ResultsStore, new_run_id
 
@@ -244,10 +245,10 @@ def _execute_trial(trial: Trial, notebook: Path, store: ResultsStore, kernel: st
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    command = [sys.executable, "-m", "papermill", str(notebook), str(out_dir / f"{trial.trial_id}.ipynb"),
-               "-y", json.dumps(params), "-k", kernel, "--log-level", "WARNING", "--no-progress-bar",
-               # papermill's 60 s kernel start-up limit is too short on a loaded 2-core machine
-               "--start-timeout", str(KERNEL_START_TIMEOUT_S)]
+    # papermill, with the kernel stopped at once after the last cell (carlib.notebook_run);
+    # papermill's 60 s kernel start-up limit is too short on a loaded 2-core machine
+    command = notebook_command(notebook, out_dir / f"{trial.trial_id}.ipynb", params, kernel=kernel,
+                               start_timeout=KERNEL_START_TIMEOUT_S)
     started = time.time()
     with open(out_dir / f"{trial.trial_id}.log", "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode

@@ -169,7 +169,7 @@ def _papermill_workers(sweeps: list[subprocess.Popen]) -> list[psutil.Process]:
     workers = []
     for sweep in sweeps:
         try:
-            workers += [c for c in psutil.Process(sweep.pid).children() if "papermill" in " ".join(c.cmdline())]
+            workers += [c for c in psutil.Process(sweep.pid).children() if "carlib.notebook_run" in c.cmdline()]
         except psutil.Error:
             pass
     return workers
