@@ -20,9 +20,9 @@ Measurements (``carlib bench --help``):
   heavy ones flagged.
 - ``feed``: training throughput of a small backbone fed by the pipeline, divided by the same
   model fed the same batches from memory (1.0: the model never waits for data).
-- ``harness``: wall time of a study notebook run through papermill minus the same
-  ``run_experiment`` call made directly (both in fresh processes), beside the start-up time of
-  a kernel running an empty notebook.
+- ``harness``: wall time of a study trial run the way ``carlib sweep`` runs it (papermill,
+  a fresh kernel) minus the same ``run_experiment`` call made directly (a fresh interpreter),
+  beside the start-up time of a kernel running an empty notebook.
 """
 
 from __future__ import annotations
@@ -379,8 +379,8 @@ def measure_feed(images, backbone: str = "mobilenet_v3_small", preset: str = "li
     return [Figure("feed_ratio", rates.ratio("pipeline", "memory"), "x in-memory", context)]
 
 
-def _default_notebook() -> Path:
-    return Path(__file__).resolve().parent.parent / "notebooks" / "backbone_study.ipynb"
+HARNESS_NOTEBOOK = "notebooks/backbone_study.ipynb"
+HARNESS_PRESET = "params/backbone_study/quick.yaml"
 
 
 def _timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -393,55 +393,84 @@ def _timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return elapsed
 
 
-def measure_harness(data_dir: str | None = None, notebook: str | Path | None = None, epochs: int = 3,
-                    image_size: int = 48, rounds: int = 2, kernel: str | None = None) -> list[Figure]:
-    """``harness_overhead_s``: a study notebook through papermill minus the same run made directly.
+def measure_harness(data_dir: str | None = None, notebook: str | Path | None = None, epochs: int | None = None,
+                    image_size: int | None = None, rounds: int = 2, kernel: str = "python3") -> list[Figure]:
+    """``harness_overhead_s``: what running a study trial the way ``carlib sweep`` does adds to a direct run.
 
-    Both run in fresh processes (each pays for importing TensorFlow) with the same parameters
-    and fresh results folders. The target is the start-up of a kernel running an empty
-    notebook through papermill plus 5% of the direct run.
+    The trial is the backbone study's quick preset (one seed; ``epochs`` and ``image_size``
+    override it), executed by the sweep's own command (:func:`carlib.notebook_run.notebook_command`);
+    the direct run is ``run_study`` with the same parameters in a fresh interpreter. Both pay for
+    importing TensorFlow and start with fresh results folders. Each way's time around the run
+    (wall time minus the record's ``total_s``) is compared, so the training time's run-to-run
+    noise cancels; the plain wall-time difference is in the context. The target is the start-up
+    of a kernel running an empty notebook the same way, plus 5% of the direct run.
     """
     import nbformat
 
-    kernel = kernel or "python3"  # what carlib sweep uses
-    notebook = Path(notebook) if notebook else _default_notebook()
+    from carlib.cli import load_params_file
+    from carlib.notebook_run import notebook_command
+    from carlib.project_files import resolve_project_file
+    from carlib.sweep import KERNEL_START_TIMEOUT_S
+
+    notebook = Path(notebook or resolve_project_file(HARNESS_NOTEBOOK)).expanduser().resolve()
     if not notebook.is_file():
-        raise FileNotFoundError(f"harness benchmark: no study notebook at {notebook}; run it from a carlib "
-                                "checkout or pass --notebook PATH (e.g. notebooks/backbone_study.ipynb).")
-    params = {"study": "backbone_study", "backbone": "simple_cnn", "image_size": image_size, "epochs": epochs,
-              "seeds": 1, "data_dir": data_dir}
+        raise FileNotFoundError(f"harness benchmark: no study notebook at {notebook}; pass --notebook PATH "
+                                "(e.g. notebooks/backbone_study.ipynb of a carlib clone).")
+    params = {**load_params_file(resolve_project_file(HARNESS_PRESET)), "study": "backbone_study", "seeds": 1,
+              "data_dir": data_dir}
+    params.update({k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v is not None})
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
            "NO_ALBUMENTATIONS_UPDATE": "1"}
     with tempfile.TemporaryDirectory(prefix="carlib-bench-harness-") as tmp:
         work = Path(tmp)
         empty = work / "empty.ipynb"
         nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("pass")]), empty)
-        papermill = [sys.executable, "-m", "papermill", "-k", kernel, "--log-level", "WARNING",
-                     "--no-progress-bar", "--start-timeout", "600"]
         counter = iter(range(10**6))
 
+        def run_notebook(path: Path, parameters: dict[str, Any]) -> float:
+            command = notebook_command(path, work / f"out-{next(counter)}.ipynb", parameters, kernel=kernel,
+                                       start_timeout=KERNEL_START_TIMEOUT_S)
+            return _timed(command, path.parent, env)
+
         def kernel_start() -> float:
-            return _timed([*papermill, str(empty), str(work / "empty-out.ipynb")], work, env)
+            return run_notebook(empty, {})
+
+        # Seconds spent inside run_experiment (its record's total_s), per way and round: subtracting
+        # them leaves what each way adds around the same work, free of the training time's own noise.
+        inside: dict[str, list[float]] = {"papermill": [], "direct": []}
+
+        def run_time(results: Path) -> float:
+            from carlib.results import ResultsStore
+
+            (record,) = ResultsStore(results).records()
+            return float(record["timings"]["total_s"])
 
         def through_papermill() -> float:
             results = work / f"papermill-{next(counter)}"
-            return _timed([*papermill, str(notebook), str(work / "study-out.ipynb"),
-                           "-y", json.dumps({**params, "results_dir": str(results)})], notebook.parent, env)
+            wall = run_notebook(notebook, {**params, "results_dir": str(results)})
+            inside["papermill"].append(run_time(results))
+            return wall
 
         def direct() -> float:
+            code = "import json, sys; from carlib.studies import run_study; run_study(**json.loads(sys.argv[1]))"
             results = work / f"direct-{next(counter)}"
-            code = ("import json, sys; from carlib.studies import run_study; "
-                    "run_study(**json.loads(sys.argv[1]))")
-            return _timed([sys.executable, "-c", code, json.dumps({**params, "results_dir": str(results)})],
-                          work, env)
+            wall = _timed([sys.executable, "-c", code, json.dumps({**params, "results_dir": str(results)})], work, env)
+            inside["direct"].append(run_time(results))
+            return wall
 
         kernel_start()  # warm-up: the first kernel start pays for cold imports
         times = _side_by_side({"kernel": kernel_start, "direct": direct, "papermill": through_papermill}, rounds)
-    overhead = statistics.median(p - d for p, d in zip(times.samples["papermill"], times.samples["direct"]))
+    around = {way: [wall - run for wall, run in zip(times.samples[way], inside[way])] for way in inside}
+    overhead = statistics.median(p - d for p, d in zip(around["papermill"], around["direct"]))
     target = times["kernel"] + 0.05 * times["direct"]
-    context = {"notebook": notebook.name, "kernel": kernel, "epochs": epochs, "image_size": image_size,
-               "rounds": rounds, "papermill_s": round(times["papermill"], 2), "direct_s": round(times["direct"], 2),
-               "kernel_start_s": round(times["kernel"], 2), "target": round(target, 2)}
+    context = {"notebook": notebook.name, "kernel": kernel, "epochs": params["epochs"],
+               "image_size": params["image_size"], "rounds": rounds, "papermill_s": round(times["papermill"], 2),
+               "direct_s": round(times["direct"], 2), "kernel_start_s": round(times["kernel"], 2),
+               "papermill_around_run_s": round(statistics.median(around["papermill"]), 2),
+               "direct_around_run_s": round(statistics.median(around["direct"]), 2),
+               "wall_difference_s": round(statistics.median(
+                   p - d for p, d in zip(times.samples["papermill"], times.samples["direct"])), 2),
+               "target": round(target, 2)}
     return [Figure("harness_overhead_s", overhead, "s", context)]
 
 
@@ -460,7 +489,7 @@ def run_benchmarks(measurements: Sequence[str] = MEASUREMENTS, *, data_dir: str 
                    oldway_preset: str = "medium", transforms_preset: str = "heavy",
                    feed_backbone: str = "mobilenet_v3_small", feed_preset: str = "light", rounds: int = 3,
                    limit: int | None = None, notebook: str | None = None, harness_rounds: int = 2,
-                   harness_epochs: int = 3, on_figures: Callable[[list[Figure]], None] | None = None) -> list[Figure]:
+                   harness_epochs: int | None = None, on_figures: Callable[[list[Figure]], None] | None = None) -> list[Figure]:
     """Run the named measurements (default: all) and return their figures.
 
     ``on_figures`` is called after each measurement (the CLI prints as it goes).
@@ -476,7 +505,7 @@ def run_benchmarks(measurements: Sequence[str] = MEASUREMENTS, *, data_dir: str 
         check_augmentation(preset)
     get_backbone(feed_backbone)
     for name, value in (("rounds", rounds), ("harness_rounds", harness_rounds), ("harness_epochs", harness_epochs)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{name}={value!r}: expected an integer >= 1.")
     images = bench_images(data_dir, limit) if set(measurements) - {"harness"} else None
     figures: list[Figure] = []
@@ -516,8 +545,9 @@ def format_table(figures: Sequence[Figure]) -> str:
         elif f.figure == "oldway_speedup":
             note = f"carlib {f.context['carlib_ips']} images/s; first epoch {f.context['first_epoch_speedup']}x"
         elif f.figure == "harness_overhead_s":
-            note = (f"papermill {f.context['papermill_s']} s, direct {f.context['direct_s']} s, "
-                    f"kernel start {f.context['kernel_start_s']} s")
+            note = (f"around the run: papermill {f.context['papermill_around_run_s']} s, direct "
+                    f"{f.context['direct_around_run_s']} s; kernel start {f.context['kernel_start_s']} s; walls "
+                    f"{f.context['papermill_s']} vs {f.context['direct_s']} s")
         value = f"{f.value:.3f}" if abs(f.value) < 10 else f"{f.value:.0f}"
         rows.append((f.figure, value, f.unit, target, note))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -548,7 +578,8 @@ def add_parser(sub) -> None:
     bench.add_argument("--limit", type=int, default=None, help="at most this many training images (stratified)")
     bench.add_argument("--notebook", default=None, help="harness: the study notebook (default: backbone_study)")
     bench.add_argument("--harness-rounds", type=int, default=2, help="harness: rounds (each runs the study twice)")
-    bench.add_argument("--harness-epochs", type=int, default=3, help="harness: epochs of the study run")
+    bench.add_argument("--harness-epochs", type=int, default=None,
+                       help="harness: epochs of the study trial (default: the backbone study's quick preset, 12)")
 
 
 def run_command(args) -> int:
