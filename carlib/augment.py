@@ -10,14 +10,11 @@ mapping or JSON text: papermill ``-y``, a YAML preset).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # importing must not reach the network
-
-import albumentations as A  # noqa: E402
-import numpy as np  # noqa: E402
+import albumentations as A  # carlib/__init__.py has set NO_ALBUMENTATIONS_UPDATE: no network on import
+import numpy as np
 
 __all__ = [
     "register_preset",

@@ -343,8 +343,9 @@ def measure_feed(images, backbone: str = "mobilenet_v3_small", preset: str = "li
                  batch_size: int = 32, rounds: int = 3) -> list[Figure]:
     """``feed_ratio``: training images/s fed by the pipeline ÷ the same batches fed from memory.
 
-    The model is built by carlib (random weights) and compiled as a run compiles it; each
-    measurement is one ``fit`` epoch after a warm-up epoch, the two feeds interleaved.
+    The model is built by carlib (random weights) and compiled with Adam and sparse
+    cross-entropy, a run's defaults; each measurement is one ``fit`` epoch after a warm-up
+    epoch, the two feeds interleaved.
     """
     import keras
     import tensorflow as tf
@@ -419,8 +420,7 @@ def measure_harness(data_dir: str | None = None, notebook: str | Path | None = N
     params = {**load_params_file(resolve_project_file(HARNESS_PRESET)), "study": "backbone_study", "seeds": 1,
               "data_dir": data_dir}
     params.update({k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v is not None})
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
-           "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = dict(os.environ)  # both ways import carlib, which quiets TensorFlow and albumentations itself
     with tempfile.TemporaryDirectory(prefix="carlib-bench-harness-") as tmp:
         work = Path(tmp)
         empty = work / "empty.ipynb"

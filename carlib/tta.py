@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import warnings
 from typing import Callable, Sequence
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # importing must not reach the network
+import albumentations as A  # carlib/__init__.py has set NO_ALBUMENTATIONS_UPDATE: no network on import
+import numpy as np
+import pandas as pd
 
-import albumentations as A  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from carlib.augment import augment_image, build_augmentation  # noqa: E402
-from carlib.data.folders import ImageList  # noqa: E402
+from carlib.augment import augment_image, build_augmentation
+from carlib.data.folders import ImageList
 
 __all__ = [
     "TTAWarning",

@@ -54,7 +54,7 @@ _JPEG_RATIOS = (1, 2, 4, 8)
 def _decode_jpeg_downscaled(data: tf.Tensor, image_size: int) -> tf.Tensor:
     # libjpeg can scale by 1/2, 1/4, 1/8 while decoding (DCT domain), which is much cheaper than a
     # full decode followed by a resize. Pick the largest ratio that keeps both sides >= image_size,
-    # so the final antialiased resize still only shrinks.
+    # so the final resize still only shrinks (and averages by area).
     shape = tf.image.extract_jpeg_shape(data)
     short_side = tf.minimum(shape[0], shape[1])
     index = tf.constant(0)
