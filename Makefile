@@ -33,9 +33,12 @@ unit-test: install
 	$(PY) -m pytest tests/
 
 # nbval runs each notebook in its own folder with its default (tiny) parameters, in this
-# interpreter's environment; its results go to an ignored folder, not notebooks/.
+# interpreter's environment; its results go to an ignored folder, not notebooks/. A kernel may take
+# minutes to start on a busy 2-core machine: nbval waits up to KERNEL_START_TIMEOUT seconds.
+KERNEL_START_TIMEOUT := 600
 notebook-test: install
-	CARLIB_RESULTS_DIR=$(abspath $(BUILD))/nbval-results $(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
+	CARLIB_RESULTS_DIR=$(abspath $(BUILD))/nbval-results $(PY) -m pytest --nbval-lax --nbval-current-env \
+	  --nbval-kernel-startup-timeout $(KERNEL_START_TIMEOUT) notebooks/
 
 test: unit-test notebook-test
 

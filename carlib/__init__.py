@@ -9,65 +9,75 @@ The public API is importable from here; submodules are loaded on first use, so
 - :class:`ExperimentConfig` — the parameter vocabulary shared by API, notebooks, YAML and CLI
 """
 
+import importlib as _importlib
 import os as _os
 
 # Keep TensorFlow's C++ start-up chatter and albumentations' update check out of notebooks.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # The lines TensorFlow prints before its logging reads TF_CPP_MIN_LOG_LEVEL are filtered by it too.
-from carlib.startup_log import filter_tensorflow_startup_lines as _filter_tensorflow_startup_lines  # noqa: E402
+from carlib.base.startup_log import filter_tensorflow_startup_lines as _filter_tensorflow_startup_lines  # noqa: E402
 
 _filter_tensorflow_startup_lines()
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    # the parameter vocabulary and its errors
     "ExperimentConfig": "carlib.config",
-    "ConfigError": "carlib.config",
     "PARAMETER_NAMES": "carlib.config",
-    "run_experiment": "carlib.experiment",
-    "run_study": "carlib.studies",
-    "study_summary": "carlib.studies",
-    "study_verdict": "carlib.studies",
-    "study_config": "carlib.studies",
-    "augmentation_samples": "carlib.studies",
-    "run_sweep": "carlib.sweep",
-    "augmented_views": "carlib.data.pipeline",
-    "plot_tradeoff": "carlib.plots",
-    "plot_augmentation_gallery": "carlib.plots",
-    "notebook_parameters": "carlib.studies",
-    "load_results": "carlib.results",
-    "ResultsStore": "carlib.results",
-    "build_model": "carlib.backbones",
-    "available_backbones": "carlib.backbones",
-    "available_presets": "carlib.augment",
+    "ConfigError": "carlib.errors",
+    "CarlibError": "carlib.errors",
+    # training, studies, sweeps
+    "run_experiment": "carlib.train.experiment",
+    "lr_find": "carlib.train.lr_find",
+    "lr_find_for_config": "carlib.train.lr_find",
+    "run_study": "carlib.studies.run",
+    "study_summary": "carlib.studies.run",
+    "study_verdict": "carlib.studies.run",
+    "study_config": "carlib.studies.run",
+    "augmentation_samples": "carlib.studies.run",
+    "notebook_parameters": "carlib.studies.parameters",
+    "StudySpec": "carlib.studies.specs",
+    "register_study": "carlib.studies.specs",
+    "run_sweep": "carlib.studies.sweep",
+    # results
+    "load_results": "carlib.records.store",
+    "ResultsStore": "carlib.records.store",
+    # models and data
+    "build_model": "carlib.models.build",
+    "load_model": "carlib.models.build",
+    "BackboneSpec": "carlib.models.spec",
+    "register_backbone": "carlib.models.registry",
+    "available_backbones": "carlib.models.registry",
+    "register_preset": "carlib.data.augment",
+    "available_presets": "carlib.data.augment",
+    "register_tta_preset": "carlib.data.tta_presets",
+    "available_tta_presets": "carlib.data.tta_presets",
     "prepare_data": "carlib.data.folders",
+    "augmented_views": "carlib.data.pipeline",
+    "check_dataset": "carlib.data.check",
+    # evaluation, TTA and the submission
+    "tta_predict": "carlib.evaluate.tta",
+    "tta_pass_images": "carlib.evaluate.tta",
+    "accuracy_by_passes": "carlib.evaluate.tta",
+    "evaluate_predictions": "carlib.evaluate.metrics",
+    "evaluate_model": "carlib.evaluate.checkpoints",
+    "evaluate_run": "carlib.evaluate.checkpoints",
+    "resolution_curve": "carlib.evaluate.resolution",
+    "predict_submission": "carlib.evaluate.submission",
+    "score_submission": "carlib.evaluate.submission",
+    # plots (drawing only)
     "plot_learning_curves": "carlib.plots",
     "plot_summary": "carlib.plots",
-    # evaluation, TTA and the submission (issue 5)
-    "tta_predict": "carlib.tta",
-    "tta_pass_images": "carlib.tta",
-    "accuracy_by_passes": "carlib.tta",
-    "register_tta_preset": "carlib.tta",
-    "available_tta_presets": "carlib.tta",
-    "evaluate_predictions": "carlib.evaluate",
-    "evaluate_model": "carlib.evaluate",
-    "evaluate_run": "carlib.evaluate",
-    "resolution_curve": "carlib.evaluate",
-    "predict_submission": "carlib.submission",
-    "score_submission": "carlib.submission",
+    "plot_tradeoff": "carlib.plots",
+    "plot_augmentation_gallery": "carlib.plots",
     "plot_confusion_matrix": "carlib.plots",
     "plot_mistakes": "carlib.plots",
     "plot_resolution_curve": "carlib.plots",
     "plot_tta_grid": "carlib.plots",
     "plot_tta_spread": "carlib.plots",
-    # training methodology (issue 4)
-    "lr_find": "carlib.lr_find",
-    "lr_find_for_config": "carlib.lr_find",
     "plot_lr_find": "carlib.plots",
-    "load_model": "carlib.backbones",
-    # messy data and faults (issue 7)
-    "check_dataset": "carlib.data.check",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -75,9 +85,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name):
     if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'carlib' has no attribute {name!r}")

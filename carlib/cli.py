@@ -1,79 +1,84 @@
-"""The ``carlib`` command: ``results``, ``run``, ``sweep``, ``predict``, ``data``.
+"""The ``carlib`` command: parses arguments and dispatches to the package; nothing else happens here.
 
-Flags spell the parameter vocabulary with dashes (``--results-dir``, ``--val-split``);
-``--params FILE.yaml`` reads the same names with underscores, and flags override it.
+Commands: ``results``, ``run``, ``sweep``, ``predict``, ``report``, ``bench`` (and ``bench recipe``),
+``data``. Flags spell the parameter vocabulary with dashes (``--results-dir``, ``--val-split``);
+``--params FILE.yaml`` reads the same names with underscores, and flags override it. Every carlib
+error ends as one ``carlib: error: …`` line and exit status 2.
+
+Each command imports what it runs when it runs (deferred imports, marked): ``carlib results``
+never imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+import warnings
+from typing import Sequence
 
-__all__ = ["main", "load_params_file"]
+from carlib.config import PARAMETER_NAMES, check_known, parameter_help
+from carlib.data.embedded import embedded_data_dir, ensure_embedded_data
+from carlib.errors import CarlibError, ConfigError, DataWarning, SubmissionWarning
+from carlib.records.table import COMPACT_COLUMNS
+from carlib.studies.parameters import STUDY_PARAMETERS, load_params_file
+from carlib.studies.specs import STUDIES, get_study
 
+__all__ = ["main"]
 
-def load_params_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML parameter file safely; it must be a mapping of known parameter names.
-
-    A missing ``params/…`` path is looked up among carlib's own parameter files (:mod:`carlib.project_files`).
-    """
-    from carlib.config import check_known, load_yaml_mapping
-    from carlib.project_files import resolve_project_file
-    from carlib.studies import STUDY_PARAMETERS
-
-    params = load_yaml_mapping(resolve_project_file(path), "parameter file")
-    check_known(params, STUDY_PARAMETERS)
-    return params
+_RESULTS_DIR_HELP = "results store (default: $CARLIB_RESULTS_DIR or ./results)"
 
 
-# The columns `carlib results` shows in a terminal by default.
-COMPACT_COLUMNS = ("run_id", "study", "status", "backbone", "image_size", "lr", "schedule", "augmentation",
-                   "val_split", "seed", "epochs", "val_accuracy_best", "val_accuracy_last", "best_epoch", "total_s",
-                   "error")
-
-
+# ------------------------------------------------------------------------------ commands
 def _cmd_results(args: argparse.Namespace) -> int:
-    from carlib.results import load_results
-    from carlib.stats import compare_top_two
-    from carlib.studies import STUDIES, get_study, summarize
+    from carlib.records.store import load_results  # deferred: pandas
 
     frame = load_results(args.results_dir, study=args.study)
+    verdict = None
     if args.summary:
         if not args.study:
-            print("--summary needs --study NAME (known: " + ", ".join(sorted(STUDIES)) + ")", file=sys.stderr)
-            return 2
+            raise ConfigError("--summary needs --study NAME (known: " + ", ".join(STUDIES.names()) + ")")
+        from carlib.studies.stats import compare_top_two, summarize  # deferred: scipy
+
         spec = get_study(args.study)
         verdict = compare_top_two(frame, spec.scientific, spec.metric)
         frame = summarize(frame, spec.scientific, spec.metric, extra=spec.extra).reset_index()
     elif args.columns:
         missing = [c for c in args.columns if c not in frame.columns]
         if missing:
-            print(f"unknown column(s) {', '.join(missing)}; available: {', '.join(frame.columns)}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"unknown column(s) {', '.join(missing)}; available: {', '.join(frame.columns)}")
         frame = frame[args.columns]
     elif args.format == "table" and not args.all_columns:
         # A terminal cannot show ~40 columns: the leading ones identify and score each run.
         frame = frame[[c for c in COMPACT_COLUMNS if c in frame.columns]]
-    verdict_line = f"verdict: {verdict.message}" if args.summary else None
     if args.format == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     elif args.format == "markdown":
         print(frame.to_markdown(index=False, floatfmt=".4g"))
+    elif frame.empty:
+        print(f"no runs in {args.results_dir or 'the results store'} yet")
     else:
-        if frame.empty:
-            print(f"no runs in {args.results_dir or 'the results store'} yet")
-        else:
-            print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    if verdict_line and args.format != "csv":
-        print(("\n" if args.format == "markdown" else "") + verdict_line)
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if verdict is not None and args.format != "csv":
+        print(("\n" if args.format == "markdown" else "") + f"verdict: {verdict.message}")
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from carlib.studies.run import run_study  # deferred: TensorFlow loads when training starts
+
+    params = load_params_file(args.params) if args.params else {}
+    params.update({k: getattr(args, k) for k in STUDY_PARAMETERS if getattr(args, k, None) is not None})
+    records = run_study(params.pop("study", None) or "adhoc", **params)
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from carlib.studies import get_study, study_summary, study_verdict
-    from carlib.sweep import expand_trials, load_sweep, run_sweep
+    # deferred: papermill, pandas
+    import pandas as pd
+
+    from carlib.studies.run import study_summary, study_verdict
+    from carlib.studies.sweep import expand_trials, load_sweep, run_sweep
 
     spec = load_sweep(args.sweep_file)
     if args.dry_run:
@@ -88,79 +93,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
           + (f", {len(report.busy)} left to another sweep running them" if report.busy else ""))
     if report.failed:
         print("failed trials (logs in <results_dir>/notebooks/<trial_id>.log): " + ", ".join(report.failed))
-    try:
-        get_study(spec.study)
-    except Exception:
-        return 1 if report.failed else 0
-    import pandas as pd
-
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(study_summary(spec.study, args.results_dir).to_string(float_format=lambda v: f"{v:.4g}"))
-    print("verdict: " + study_verdict(spec.study, args.results_dir).message)
+    if spec.study in STUDIES:
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(study_summary(spec.study, args.results_dir).to_string(float_format=lambda v: f"{v:.4g}"))
+        print("verdict: " + study_verdict(spec.study, args.results_dir).message)
     return 1 if report.failed else 0
 
 
-def _cmd_run(args: argparse.Namespace, params: dict[str, Any]) -> int:
-    from carlib.studies import run_study
-
-    records = run_study(params.pop("study", None) or "adhoc", **params)
-    return 0 if all(r["status"] == "ok" for r in records) else 1
-
-
-def _cmd_data(args: argparse.Namespace) -> int:
-    from carlib.data.embedded import embedded_data_dir, ensure_embedded_data
-    from carlib.data.synthetic import generate_car_dataset
-
-    if args.data_command == "check":
-        return _cmd_data_check(args)
-    if args.path:
-        print(f"carlib: error: 'carlib data {args.data_command}' takes no path (did you mean 'carlib data check "
-              f"{args.path}'?)", file=sys.stderr)
-        return 2
-    if args.data_command == "where":
-        print(embedded_data_dir(args.seed))
-    elif args.out:
-        print(generate_car_dataset(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed))
-    else:
-        print(ensure_embedded_data(args.seed))
-    return 0
-
-
-def _cmd_data_check(args: argparse.Namespace) -> int:
-    """``carlib data check PATH``: the report; exit status 0 when training can go on, 1 when not."""
-    import warnings
-
-    from carlib.data.check import check_dataset, report_json
-    from carlib.data.screen import DataWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)  # the report itself names every file
-        report = check_dataset(args.path)
-    print(report_json(report) if args.json else report.to_text())
-    return 0 if report.usable else 1
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import warnings
-
-    from carlib.config import ConfigError
+    # deferred: TensorFlow
     from carlib.data.folders import prepare_data
-    from carlib.evaluate import resolve_model_path
-    from carlib.submission import SubmissionError, SubmissionWarning, predict_submission, score_submission
+    from carlib.evaluate.predict import resolve_model_path
+    from carlib.evaluate.submission import predict_submission, score_submission
 
-    try:
-        model_path = resolve_model_path(args.model)
-        print(f"carlib predict: model {model_path}", flush=True)
-        with warnings.catch_warnings():
-            # The summary below names every missing, unreadable or extra file; no duplicate warning lines.
-            warnings.simplefilter("ignore", SubmissionWarning)
-            submission = predict_submission(model_path, args.data_dir, args.out, tta=args.tta,
-                                            tta_preset=args.tta_preset, tta_seed=args.tta_seed,
-                                            batch_size=args.batch_size, image_size=args.image_size,
-                                            fallback=args.fallback)
-    except (SubmissionError, ConfigError, ValueError) as err:
-        print(f"carlib: error: {err}", file=sys.stderr)
-        return 2
+    model_path = resolve_model_path(args.model)
+    print(f"carlib predict: model {model_path}", flush=True)
+    with warnings.catch_warnings():
+        # The summary below names every missing, unreadable or extra file; no duplicate warning lines.
+        warnings.simplefilter("ignore", SubmissionWarning)
+        submission = predict_submission(model_path, args.data_dir, args.out, tta=args.tta, tta_preset=args.tta_preset,
+                                        tta_seed=args.tta_seed, batch_size=args.batch_size,
+                                        image_size=args.image_size, fallback=args.fallback)
     print(submission.summary())
     answers = prepare_data(args.data_dir).root / "test-answers.csv"
     if answers.is_file():  # the embedded dataset ships its answers
@@ -169,14 +122,160 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    from carlib.config import PARAMETER_NAMES
+def _cmd_report(args: argparse.Namespace) -> int:
+    from carlib.studies.report import build_report  # deferred: matplotlib
 
+    print(build_report(args.results_dir, args.out, notebook_dirs=args.notebooks))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "check":
+        return _cmd_data_check(args)
+    if args.path:
+        raise ConfigError(f"'carlib data {args.data_command}' takes no path (did you mean 'carlib data check "
+                          f"{args.path}'?)")
+    if args.data_command == "where":
+        print(embedded_data_dir(args.seed))
+    elif args.out:
+        from carlib.data.synthetic import generate_car_dataset  # deferred: OpenCV
+
+        print(generate_car_dataset(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed))
+    else:
+        print(ensure_embedded_data(args.seed))
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    """``carlib data check PATH``: the report; exit status 0 when training can go on, 1 when not."""
+    from carlib.data.check import check_dataset, report_json  # deferred: PIL
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # the report itself names every file
+        report = check_dataset(args.path)
+    print(report_json(report) if args.json else report.to_text())
+    return 0 if report.usable else 1
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """``carlib bench``: run the measurements, print a table (or JSON lines) as figures arrive."""
+    # deferred: TensorFlow
+    from carlib.bench.machine import machine_context
+    from carlib.bench.speed import MEASUREMENTS, format_table, run_benchmarks
+
+    common = machine_context()
+    if args.data_dir:
+        common["data_dir"] = str(args.data_dir)
+    printed = []
+
+    def show(new) -> None:
+        printed.extend(new)
+        if args.json:
+            for figure in new:
+                print(json.dumps(figure.as_dict(common)), flush=True)
+        else:
+            print(f"[{', '.join(f.figure for f in new[:3])}{', …' if len(new) > 3 else ''} measured]",
+                  file=sys.stderr, flush=True)
+
+    run_benchmarks(args.measurements or list(MEASUREMENTS), data_dir=args.data_dir, image_size=args.image_size,
+                   batch_size=args.batch_size, presets=args.presets, oldway_preset=args.oldway_preset,
+                   transforms_preset=args.transforms_preset, feed_backbone=args.feed_backbone,
+                   feed_preset=args.feed_preset, rounds=args.rounds, limit=args.limit, notebook=args.notebook,
+                   harness_rounds=args.harness_rounds, harness_epochs=args.harness_epochs, on_figures=show)
+    if not args.json:
+        print(f"carlib bench — {common['date']}, {common['cpus']} CPUs, {common['gpus']} GPUs, "
+              f"TensorFlow {common['tensorflow']}, image size {args.image_size}, batch {args.batch_size}")
+        print(format_table(printed))
+    return 0
+
+
+def _cmd_bench_recipe(args: argparse.Namespace) -> int:
+    """``carlib bench recipe``: the CPU recipe against a plain Keras CNN; the table or JSON lines."""
+    from carlib.bench.recipe import format_figures, recipe_benchmark  # deferred: TensorFlow
+
+    recipe = load_params_file(args.params) if args.params else None
+    figures = recipe_benchmark(args.data_dir, seeds=args.seeds, seed=args.seed, recipe=recipe,
+                               baseline_epochs=args.baseline_epochs, baseline_image_size=args.baseline_image_size,
+                               test_split=args.test_split, results_dir=args.results_dir, verbose=not args.json)
+    if args.json:  # one object per line, like `carlib bench --json`
+        for figure in figures:
+            print(json.dumps(figure))
+    else:
+        print(format_figures(figures))
+    return 0
+
+
+# ------------------------------------------------------------------------------- parsers
+def _parameter_flag_help(name: str) -> tuple[str, str]:
+    """The metavar and help of a ``carlib run`` parameter flag, from the config's own description."""
+    described = parameter_help(name)
+    allowed = f"; one of: {', '.join(described.choices)}" if described.choices else ""
+    return described.type.upper().replace(" ", "_").replace(",", ""), \
+        f"{described.help} (default: {described.default!r}{allowed})".replace("%", "%%")
+
+
+def _add_run_parser(sub, *, with_parameters: bool) -> None:
+    run = sub.add_parser("run", help="train and evaluate one configuration over --seeds seeds")
+    run.add_argument("--params", default=None, help="YAML file of parameters; flags override it")
+    if not with_parameters:  # built only for `carlib run`: listing presets imports albumentations
+        return
+    for name in PARAMETER_NAMES:
+        metavar, text = _parameter_flag_help(name)
+        run.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=metavar, help=text)
+    run.add_argument("--seeds", default=None, metavar="INTEGER",
+                     help="runs of the configuration: seed, seed+1, … (default: 1)")
+
+
+def _add_bench_parsers(sub) -> None:
+    bench = sub.add_parser("bench", help="speed figures: decode limit, pipeline per preset, old way, transforms, "
+                                         "feed ratio, harness overhead; `carlib bench recipe`: the CPU recipe "
+                                         "against a plain Keras CNN")
+    bench.add_argument("measurements", nargs="*", metavar="MEASUREMENT",
+                       help="any of decode, pipeline, oldway, transforms, feed, harness (default: all)")
+    bench.add_argument("--data-dir", default=None, help="dataset (default: the embedded dataset)")
+    bench.add_argument("--json", action="store_true",
+                       help='one JSON object per line per figure: {"figure", "value", "unit", ...context}')
+    bench.add_argument("--image-size", type=int, default=128)
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--presets", nargs="+", default=["none", "light", "medium", "heavy"],
+                       help="augmentation presets for the pipeline figures")
+    bench.add_argument("--oldway-preset", default="medium", help="augmentations of the old-way comparison")
+    bench.add_argument("--transforms-preset", default="heavy", help="the preset whose transforms are timed alone")
+    bench.add_argument("--feed-backbone", default="mobilenet_v3_small")
+    bench.add_argument("--feed-preset", default="light")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison (median)")
+    bench.add_argument("--limit", type=int, default=None, help="at most this many training images (stratified)")
+    bench.add_argument("--notebook", default=None, help="harness: the study notebook (default: backbone_study)")
+    bench.add_argument("--harness-rounds", type=int, default=2, help="harness: rounds (each runs the study twice)")
+    bench.add_argument("--harness-epochs", type=int, default=None,
+                       help="harness: epochs of the study trial (default: the backbone study's quick preset)")
+
+
+def _bench_recipe_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carlib bench recipe", description="The CPU recipe "
+                                     "(params/cpu_recipe/recipe.yaml) against a plain Keras CNN on one dataset.")
+    parser.add_argument("--data-dir", default=None, help="dataset: competition layout or class folders "
+                        "(default: the embedded dataset)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs of each arm (seed, seed+1, ...); 2+ for a verdict")
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--params", default=None,
+                        help="YAML preset of the recipe arm (default: params/cpu_recipe/recipe.yaml)")
+    parser.add_argument("--baseline-epochs", type=int, default=50)
+    parser.add_argument("--baseline-image-size", type=int, default=96)
+    parser.add_argument("--test-split", type=float, default=0.2, help="share held out as the test set when the "
+                        "dataset has no test-answers.csv")
+    parser.add_argument("--results-dir", default=None, help="where the recipe's runs are recorded "
+                        "(default: $CARLIB_RESULTS_DIR or ./results)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line per figure")
+    return parser
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carlib", description="Train and compare image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     results = sub.add_parser("results", help="print the combined results table")
-    results.add_argument("--results-dir", default=None, help="results store (default: $CARLIB_RESULTS_DIR or ./results)")
+    results.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
     results.add_argument("--study", default=None, help="only runs of this study")
     results.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
     results.add_argument("--summary", action="store_true", help="mean and std across seeds per configuration")
@@ -184,16 +283,14 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--all-columns", action="store_true",
                          help="the table format shows every column (csv and markdown always do)")
 
-    run = sub.add_parser("run", help="train and evaluate one configuration over --seeds seeds")
-    run.add_argument("--params", default=None, help="YAML file of parameters; flags override it")
-    for name in (*PARAMETER_NAMES, "seeds"):
-        run.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE")
+    _add_run_parser(sub, with_parameters=command == "run")
 
     sweep = sub.add_parser("sweep", help="run a study grid x seeds through papermill (resumable)")
     sweep.add_argument("sweep_file", help="YAML: notebook, study, base, grid, seeds (params/<study>/sweep-*.yaml)")
-    sweep.add_argument("--results-dir", default=None, help="results store (default: $CARLIB_RESULTS_DIR or ./results)")
+    sweep.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
     sweep.add_argument("--workers", type=int, default=1, help="trials run in parallel")
-    sweep.add_argument("--gpus", default=None, help="comma-separated GPU ids; worker i uses one of them (CUDA_VISIBLE_DEVICES)")
+    sweep.add_argument("--gpus", default=None,
+                       help="comma-separated GPU ids; worker i uses one of them (CUDA_VISIBLE_DEVICES)")
     sweep.add_argument("--shard", default=None, help="i/n: run only this machine's share of the trials (1-based)")
     sweep.add_argument("--kernel", default="python3",
                        help="Jupyter kernel for papermill (-k); default python3, this environment's own kernel")
@@ -205,7 +302,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--data-dir", default=None, help="competition folder (default: the embedded dataset)")
     predict.add_argument("--out", default="submission.csv", help="CSV to write (default: submission.csv)")
     predict.add_argument("--tta", type=int, default=0, metavar="N", help="TTA passes (0 or 1: none)")
-    predict.add_argument("--tta-preset", default="light", help="TTA preset: none, flip, light, medium, or a pipeline saved with albumentations.save")
+    predict.add_argument("--tta-preset", default="light",
+                         help="TTA preset: none, flip, light, medium, or a pipeline saved with albumentations.save")
     predict.add_argument("--tta-seed", type=int, default=0)
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--image-size", type=int, default=None, help="test size (default: the model's; FixRes)")
@@ -213,13 +311,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="class for missing/unreadable images (default: the training set's most frequent)")
 
     report = sub.add_parser("report", help="write one HTML report of a results store")
-    report.add_argument("--results-dir", default=None, help="results store (default: $CARLIB_RESULTS_DIR or ./results)")
+    report.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
     report.add_argument("--out", default="build/report.html", help="where to write the report")
     report.add_argument("--notebooks", nargs="*", default=[], help="more folders of executed notebooks to include")
 
-    from carlib import bench
-
-    bench.add_parser(sub)
+    _add_bench_parsers(sub)
 
     data = sub.add_parser("data", help="the embedded synthetic dataset; check a dataset before training")
     data.add_argument("data_command", choices=("generate", "where", "check"))
@@ -233,49 +329,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COMMANDS = {"results": _cmd_results, "run": _cmd_run, "sweep": _cmd_sweep, "predict": _cmd_predict,
+             "report": _cmd_report, "bench": _cmd_bench, "data": _cmd_data}
+
+
+def _check_unknown_flags(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """``carlib run`` suggests the parameter a misspelt flag meant; other commands leave it to argparse."""
+    flags = [u.split("=")[0] for u in unknown if u.startswith("--")]
+    if command != "run" or not flags:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check_known({f[2:].replace("-", "_"): None for f in flags}, STUDY_PARAMETERS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``carlib`` console script."""
-    from carlib.config import PARAMETER_NAMES, ConfigError
-    from carlib.data.archives import ArchiveError
-    from carlib.data.screen import DataError
-    from carlib.locks import TrialBusyError
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["bench", "recipe"]:  # its own options: the recipe against a plain Keras CNN (issue 9)
-        from carlib import recipe_bench
-
-        return recipe_bench.main(argv[2:], prog="carlib bench recipe")
-    parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
     try:
+        if argv[:2] == ["bench", "recipe"]:  # its own options: the recipe against a plain Keras CNN
+            return _cmd_bench_recipe(_bench_recipe_parser().parse_args(argv[2:]))
+        command = next((a for a in argv if not a.startswith("-")), None)
+        parser = _parser(command)
+        args, unknown = parser.parse_known_args(argv)
         if unknown:
-            flags = [u.split("=")[0] for u in unknown if u.startswith("--")]
-            if args.command != "run" or not flags:
-                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-            from carlib.config import check_known
-            from carlib.studies import STUDY_PARAMETERS
-
-            check_known({f[2:].replace("-", "_"): None for f in flags}, STUDY_PARAMETERS)
-        if args.command == "results":
-            return _cmd_results(args)
-        if args.command == "data":
-            return _cmd_data(args)
-        if args.command == "bench":
-            from carlib import bench
-
-            return bench.run_command(args)
-        if args.command == "sweep":
-            return _cmd_sweep(args)
-        if args.command == "report":
-            from carlib.report import build_report
-
-            print(build_report(args.results_dir, args.out, notebook_dirs=args.notebooks))
-            return 0
-        if args.command == "predict":
-            return _cmd_predict(args)
-        params = load_params_file(args.params) if args.params else {}
-        params.update({k: getattr(args, k) for k in (*PARAMETER_NAMES, "seeds") if getattr(args, k) is not None})
-        return _cmd_run(args, params)
-    except (ConfigError, FileNotFoundError, DataError, ArchiveError, TrialBusyError) as err:
+            _check_unknown_flags(parser, args.command, unknown)
+        return _COMMANDS[args.command](args)
+    except CarlibError as err:
         print(f"carlib: error: {err}", file=sys.stderr)
         return 2

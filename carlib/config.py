@@ -4,7 +4,9 @@ Every entry point (the Python API, notebook parameters injected by papermill, YA
 parameter files, CLI flags) ends up in :class:`ExperimentConfig`. Values may arrive as
 strings (papermill ``-r``, YAML's ``1e-3``, the CLI), so each field is coerced to its
 declared type; unknown names and out-of-range values fail before any data is touched,
-naming the parameter, the value and what is allowed.
+naming the parameter, the value and what is allowed. Each field carries a one-line
+description and, where it has them, its allowed values (:func:`parameter_help`): the CLI's
+``--help`` is generated from them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,23 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["ConfigError", "ExperimentConfig", "PARAMETER_NAMES", "default_results_dir"]
+import yaml
+
+from carlib.base.registry import closest_hint
+from carlib.data.embedded import embedded_data_dir
+from carlib.errors import ConfigError
+from carlib.models.hub import HUB_DEFAULT_INPUT_RANGE, absolute_hub_backbone, check_hub_backbone, is_hub_backbone
+from carlib.models.registry import available_backbones, check_knobs, get_backbone
+from carlib.models.spec import PREPROCESSING
+
+__all__ = ["ConfigError", "ExperimentConfig", "PARAMETER_NAMES", "SCHEDULES", "OPTIMIZERS", "default_results_dir",
+           "parameter_help", "allowed_values", "check_known", "load_yaml_mapping", "optimizer_class_name", "as_config"]
 
 RESULTS_DIR_ENV = "CARLIB_RESULTS_DIR"
+
+# The learning-rate schedules (carlib.train.schedules implements each) and the optimizers, by carlib's names.
+SCHEDULES = ("constant", "step", "plateau", "cosine")
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 
 # Frequent spellings from other libraries, so the error can point at carlib's name.
 _ALIASES = {
@@ -48,10 +64,6 @@ _ALIASES = {
 }
 
 
-class ConfigError(ValueError):
-    """A parameter is unknown, of the wrong type or out of range."""
-
-
 def default_results_dir() -> str:
     """The results store used when ``results_dir`` is not given.
 
@@ -59,6 +71,11 @@ def default_results_dir() -> str:
     the source tree), else ``results`` under the current directory.
     """
     return os.environ.get(RESULTS_DIR_ENV) or "results"
+
+
+def _param(default: Any, help: str, *, choices: tuple[str, ...] | str | None = None) -> Any:
+    """A config field with its one-line description and allowed values (a tuple, or the name of a registry)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,48 +88,68 @@ class ExperimentConfig:
     resolved config is what a run records.
     """
 
-    study: str = "adhoc"
-    data_dir: str | None = None
-    backbone: str = "simple_cnn"
-    backbone_width: int | None = None  # compact backbones: channels of the first stage; None: the variant's own
-    backbone_depth: int | None = None  # compact backbones: layers or residual blocks per stage; None: the variant's own
-    weights: str | None = None
-    image_size: int | None = None
-    batch_size: int = 32
-    epochs: int = 10
-    lr: float = 1e-3
-    schedule: str = "constant"
-    lr_boundaries: tuple[int, ...] = ()
-    lr_factor: float = 0.1
-    warmup_epochs: int = 0
-    lr_patience: int = 2
-    optimizer: str = "adam"
-    augmentation: str = "light"
-    dropout: float = 0.2
-    label_smoothing: float = 0.0  # targets 1 - ε + ε/C and ε/C instead of 1 and 0
-    bn_mode: str = "auto"
+    study: str = _param("adhoc", "the study the run belongs to: the group its summary and verdict compare")
+    data_dir: str | None = _param(None, "the dataset: the competition folder (train.zip/test.zip or extracted), any "
+                                        "class-folder tree, or None for the embedded synthetic dataset")
+    backbone: str = _param("simple_cnn", "the feature extractor: a registered backbone, or hub:<URL or SavedModel "
+                                         "folder>", choices="backbones")
+    backbone_width: int | None = _param(None, "compact backbones: channels of the first stage (doubled per stage); "
+                                              "None: the variant's own")
+    backbone_depth: int | None = _param(None, "compact backbones: conv layers or residual blocks per stage; None: the "
+                                              "variant's own")
+    weights: str | None = _param(None, "backbone weights: 'imagenet' (needs internet), None (random initialisation) "
+                                       "or the path of a local weights file")
+    image_size: int | None = _param(None, "training image size in pixels (square); None: the backbone's default")
+    batch_size: int = _param(32, "images per batch (per replica)")
+    epochs: int = _param(10, "epochs of training: a fixed budget, never tuned inside a study")
+    lr: float = _param(1e-3, "the learning rate the schedule starts from (after any warm-up)")
+    schedule: str = _param("constant", "how the learning rate changes over the epochs", choices="schedules")
+    lr_boundaries: tuple[int, ...] = _param((), "step schedule: epochs after which the LR is multiplied by lr_factor "
+                                                "(default: after 50% and 75% of the epochs)")
+    lr_factor: float = _param(0.1, "step and plateau schedules: the factor of each LR cut")
+    warmup_epochs: int = _param(0, "epochs of linear LR warm-up before the schedule starts")
+    lr_patience: int = _param(2, "plateau schedule: epochs without improvement before the LR is cut")
+    optimizer: str = _param("adam", "the optimizer", choices="optimizers")
+    augmentation: str = _param("light", "training augmentation: a preset, the path of a pipeline saved with "
+                                        "albumentations.save, or such a pipeline inline", choices="augmentations")
+    dropout: float = _param(0.2, "dropout before the classifier")
+    label_smoothing: float = _param(0.0, "label smoothing ε: targets 1 - ε + ε/C and ε/C instead of 1 and 0")
+    bn_mode: str = _param("auto", "BatchNorm in the backbone: frozen (inference mode), train, or auto (frozen for "
+                                  "pretrained weights)", choices=("auto", "frozen", "train"))
     # fine-tuning (R18) and the head (R16, R17)
-    finetune: str = "full"  # full | head | two_stage | gradual
-    head_epochs: int = 1  # two_stage / gradual: epochs that train the head alone first
-    finetune_lr_factor: float = 0.1  # two_stage / gradual: LR multiplier once backbone layers train
-    unfreeze_stages: int = 2  # gradual: stages that unfreeze the backbone from the top, after the head epochs
-    head_hidden_units: int = 0  # 0: no hidden Dense layer in the head (R17)
-    head_batchnorm: bool = False  # BatchNorm after pooling in the head (R16)
-    hub_input_range: str | None = None  # hub: backbones: unit | symmetric | raw; None: unit (TF-Hub's convention)
-    early_stopping_patience: int = 0  # 0: off (never tune the epoch budget inside a study)
+    finetune: str = _param("full", "fine-tuning: full (all layers from the start), head (backbone frozen), two_stage "
+                                   "(head first, then all), gradual (unfreeze from the top)",
+                           choices=("full", "head", "two_stage", "gradual"))
+    head_epochs: int = _param(1, "two_stage / gradual: epochs that train the head alone first")
+    finetune_lr_factor: float = _param(0.1, "two_stage / gradual: LR multiplier once backbone layers train")
+    unfreeze_stages: int = _param(2, "gradual: stages that unfreeze the backbone from the top, after the head epochs")
+    head_hidden_units: int = _param(0, "units of a hidden Dense layer in the head; 0: none (R17)")
+    head_batchnorm: bool = _param(False, "BatchNorm after pooling in the head (R16)")
+    hub_input_range: str | None = _param(None, "hub: backbones: the pixel range the SavedModel wants; None: unit "
+                                               "(TF-Hub's convention)", choices=tuple(PREPROCESSING))
+    early_stopping_patience: int = _param(0, "stop after this many epochs without improvement; 0: off (never tune "
+                                             "the epoch budget inside a study)")
     # scale, speed and reproducibility
-    mixed_precision: str = "auto"  # auto (mixed_float16 on GPU, mixed_bfloat16 on TPU, else off) | on | off
-    jit_compile: str = "auto"  # auto (Keras decides: off on CPU) | on | off
-    strategy: str = "auto"  # auto | default | mirrored | tpu
-    deterministic: bool = False  # tf.config.experimental.enable_op_determinism() (cannot be undone in a process)
-    data_cache: str = "auto"  # decoded images: auto (memory if they fit, else disk) | memory | disk | none
-    val_split: float = 0.2
-    seed: int = 0
-    results_dir: str | None = None
-    tensorboard: bool = False  # also write TensorBoard logs to <run_dir>/tensorboard (needs the tensorboard package)
-    tta_preset: str = "light"  # carlib.tta preset used when tta_passes > 0
-    tta_passes: int = 0  # > 0: the best checkpoint is also evaluated with TTA (val_accuracy_tta)
-    trial_id: str | None = None  # set by the sweep runner: a rerun skips trials already in the store
+    mixed_precision: str = _param("auto", "mixed precision: auto (mixed_float16 on a GPU, mixed_bfloat16 on a TPU, "
+                                          "else off), on, off", choices=("auto", "on", "off"))
+    jit_compile: str = _param("auto", "XLA compilation: auto (Keras decides: off on a CPU), on, off",
+                              choices=("auto", "on", "off"))
+    strategy: str = _param("auto", "distribution: auto (TPU, or mirrored over 2+ GPUs, else default), default, "
+                                   "mirrored, tpu", choices=("auto", "default", "mirrored", "tpu"))
+    deterministic: bool = _param(False, "TensorFlow op determinism (slower; see the docs for what it covers)")
+    data_cache: str = _param("auto", "where decoded images are cached: auto (memory if they fit, else disk), "
+                                     "memory, disk, none", choices=("auto", "memory", "disk", "none"))
+    val_split: float = _param(0.2, "share of the training images held out for validation (checkpoint selection); "
+                                   "0 trains on everything")
+    seed: int = _param(0, "the run's seed: split, initial weights, data order and augmentation draws")
+    results_dir: str | None = _param(None, "the results store; None: $CARLIB_RESULTS_DIR or ./results")
+    tensorboard: bool = _param(False, "also write TensorBoard logs to <run_dir>/tensorboard (needs the tensorboard "
+                                      "package)")
+    tta_preset: str = _param("light", "TTA preset used when tta_passes > 0", choices="tta_presets")
+    tta_passes: int = _param(0, "> 0: the best checkpoint is also evaluated with this many TTA passes "
+                                "(val_accuracy_tta); pass 0 is the un-augmented image")
+    trial_id: str | None = _param(None, "set by the sweep runner: a rerun skips trials already in the store and "
+                                        "resumes a killed one")
 
     # ----------------------------------------------------------------- construction
     def __post_init__(self) -> None:
@@ -140,31 +177,26 @@ class ExperimentConfig:
 
     def resolved(self) -> "ExperimentConfig":
         """Fill every ``None`` default from the component it depends on."""
-        from carlib import backbones
-        from carlib.data import embedded
-
-        from carlib import hub
-
-        spec = backbones.get_backbone(self.backbone)
-        is_hub = hub.is_hub_backbone(self.backbone)
+        spec = get_backbone(self.backbone)
+        is_hub = is_hub_backbone(self.backbone)
         return self.replace(
-            backbone=hub.absolute_hub_backbone(self.backbone) if is_hub else self.backbone,
-            hub_input_range=(self.hub_input_range or hub.HUB_DEFAULT_INPUT_RANGE) if is_hub else None,
+            backbone=absolute_hub_backbone(self.backbone) if is_hub else self.backbone,
+            hub_input_range=(self.hub_input_range or HUB_DEFAULT_INPUT_RANGE) if is_hub else None,
             image_size=self.image_size or spec.default_size,
             # a compact backbone's record names its width and depth, also when they are the variant's own
             backbone_width=self.backbone_width or spec.knobs.get("width"),
             backbone_depth=self.backbone_depth or spec.knobs.get("depth"),
-            data_dir=str(Path(self.data_dir).expanduser().resolve()) if self.data_dir else str(embedded.embedded_data_dir()),
+            data_dir=str(Path(self.data_dir).expanduser().resolve()) if self.data_dir else str(embedded_data_dir()),
             results_dir=str(Path(self.results_dir or default_results_dir()).expanduser().resolve()),
         )
 
     # ------------------------------------------------------------------- validation
     def _validate(self) -> None:
-        from carlib import augment, backbones, schedules
-
         _check(self.lr > 0, "lr", self.lr, "a positive number, e.g. 1e-3")
-        _check(0 <= self.val_split < 1, "val_split", self.val_split, "a fraction in [0, 1); 0 trains on everything without validation")
-        _check(self.image_size is None or self.image_size >= 16, "image_size", self.image_size, "an integer >= 16 (pixels), or None for the backbone's default")
+        _check(0 <= self.val_split < 1, "val_split", self.val_split,
+               "a fraction in [0, 1); 0 trains on everything without validation")
+        _check(self.image_size is None or self.image_size >= 16, "image_size", self.image_size,
+               "an integer >= 16 (pixels), or None for the backbone's default")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         _check(0 <= self.dropout < 1, "dropout", self.dropout, "a fraction in [0, 1)")
@@ -175,22 +207,20 @@ class ExperimentConfig:
         _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "an integer >= 0")
         _check(all(b >= 1 for b in self.lr_boundaries), "lr_boundaries", self.lr_boundaries, "epoch numbers >= 1")
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        if not self.backbone.startswith("hub:"):  # hub:<handle or path> names a SavedModel, see carlib.hub
-            _choice("backbone", self.backbone, backbones.available_backbones())
+        if not is_hub_backbone(self.backbone):  # hub:<handle or path> names a SavedModel, see carlib.models.hub
+            get_backbone(self.backbone)  # an unknown name lists the known ones
         if self.backbone_width is not None or self.backbone_depth is not None:
-            try:
-                backbones.check_knobs(self.backbone, self.backbone_width, self.backbone_depth)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-        _choice("schedule", self.schedule, schedules.SCHEDULES)
-        _choice("optimizer", self.optimizer, tuple(_OPTIMIZERS))
-        _choice("bn_mode", self.bn_mode, ("auto", "frozen", "train"))
-        augment.check_augmentation(self.augmentation)
+            check_knobs(self.backbone, self.backbone_width, self.backbone_depth)
+        for name in ("schedule", "optimizer", "bn_mode"):
+            _choice(name, getattr(self, name))
+        # deferred: albumentations, so that reading results (carlib results) never imports it
+        from carlib.data.augment import check_augmentation
+        from carlib.data.tta_presets import check_tta_preset
+
+        check_augmentation(self.augmentation)
         _check(self.tta_passes >= 0, "tta_passes", self.tta_passes,
                "an integer >= 0 (0: no TTA evaluation; pass 0 is the un-augmented image)")
-        from carlib import tta
-
-        tta.check_tta_preset(self.tta_preset)
+        check_tta_preset(self.tta_preset)
         if self.weights not in (None, "imagenet") and not Path(self.weights).expanduser().is_file():
             raise ConfigError(
                 f"weights={self.weights!r}: no such file. Use 'imagenet' (needs internet), "
@@ -205,9 +235,8 @@ class ExperimentConfig:
 
     def _validate_training(self) -> None:
         """Fine-tuning, head, hub, precision, distribution and determinism knobs (issue 4)."""
-        from carlib import backbones, hub
-
-        _choice("finetune", self.finetune, FINETUNE_STRATEGIES)
+        for name in ("finetune", "mixed_precision", "jit_compile", "strategy", "data_cache"):
+            _choice(name, getattr(self, name))
         _check(self.head_epochs >= 1, "head_epochs", self.head_epochs, "an integer >= 1 (epochs of head-only training)")
         _check(0 < self.finetune_lr_factor <= 1, "finetune_lr_factor", self.finetune_lr_factor,
                "a factor in (0, 1] applied to lr once backbone layers train")
@@ -216,16 +245,9 @@ class ExperimentConfig:
                "an integer >= 0 (0: no hidden Dense layer)")
         _check(self.early_stopping_patience >= 0, "early_stopping_patience", self.early_stopping_patience,
                "an integer >= 0 (0: no early stopping)")
-        _choice("mixed_precision", self.mixed_precision, SWITCH_VALUES)
-        _choice("jit_compile", self.jit_compile, SWITCH_VALUES)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("data_cache", self.data_cache, ("auto", "memory", "disk", "none"))
-        is_hub = hub.is_hub_backbone(self.backbone)
+        is_hub = is_hub_backbone(self.backbone)
         if is_hub:
-            try:
-                hub.check_hub_backbone(self.backbone)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+            check_hub_backbone(self.backbone)
             if self.weights is not None:
                 raise ConfigError(f"weights={self.weights!r} with backbone={self.backbone!r}: a hub: backbone carries "
                                   "its weights in its SavedModel; leave weights=None.")
@@ -233,7 +255,7 @@ class ExperimentConfig:
             if not is_hub:
                 raise ConfigError(f"hub_input_range={self.hub_input_range!r} applies only to hub: backbones; "
                                   f"{self.backbone!r} has its input range in the backbone registry. Leave it None.")
-            _choice("hub_input_range", self.hub_input_range, tuple(backbones.PREPROCESSING))
+            _choice("hub_input_range", self.hub_input_range)
         if self.finetune != "full" and self.weights is None and not is_hub:
             raise ConfigError(f"finetune={self.finetune!r} freezes the backbone for a while, but weights=None leaves "
                               "it random: frozen random features teach nothing. Use weights='imagenet' (or a "
@@ -248,9 +270,6 @@ class ExperimentConfig:
                               "one opaque SavedModel layer: use finetune='two_stage' (or 'head', 'full').")
 
 
-FINETUNE_STRATEGIES = ("full", "head", "two_stage", "gradual")
-SWITCH_VALUES = ("auto", "on", "off")
-STRATEGIES = ("auto", "default", "mirrored", "tpu")
 _SWITCHES = {"mixed_precision", "jit_compile"}
 _SWITCH_WORDS = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}
 
@@ -266,16 +285,64 @@ def _switch_value(name: str, value: Any) -> Any:
     return value
 
 
-_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
-
 PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
+_FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
 _FIELD_TYPES = typing.get_type_hints(ExperimentConfig)
+
+
+def allowed_values(name: str) -> tuple[str, ...] | None:
+    """The values a parameter accepts when they form a list (``None`` for numbers, paths and free text).
+
+    Registries are read now, so a backbone or preset registered by the user is listed too.
+    """
+    choices = _FIELDS[name].metadata.get("choices")
+    if choices is None or isinstance(choices, tuple):
+        return choices
+    if choices == "backbones":
+        return available_backbones()
+    if choices == "schedules":
+        return SCHEDULES
+    if choices == "optimizers":
+        return tuple(OPTIMIZERS)
+    # deferred: albumentations, only when the presets are listed
+    from carlib.data.augment import available_presets
+    from carlib.data.tta_presets import available_tta_presets
+
+    return {"augmentations": available_presets, "tta_presets": available_tta_presets}[choices]()
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterHelp:
+    """What one parameter is: its type in words, its default, its allowed values (if a list) and its meaning."""
+
+    name: str
+    type: str
+    default: Any
+    choices: tuple[str, ...] | None
+    help: str
+
+
+def _type_words(annotation: Any) -> str:
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if optional:
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        words = "integers, comma-separated"
+    else:
+        words = {int: "integer", float: "number", str: "text", bool: "true/false"}[annotation]
+    return f"{words} or None" if optional else words
+
+
+def parameter_help(name: str) -> ParameterHelp:
+    """The description of parameter ``name`` (one source for validation messages, the CLI and the docs)."""
+    field = _FIELDS[name]
+    return ParameterHelp(name, _type_words(_FIELD_TYPES[name]), field.default, allowed_values(name),
+                         field.metadata["help"])
 
 
 def load_yaml_mapping(path: str | os.PathLike, what: str = "parameter file") -> dict[str, Any]:
     """Read a YAML file safely; it must exist and hold a mapping (``what`` names it in errors)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist.")
@@ -288,9 +355,16 @@ def load_yaml_mapping(path: str | os.PathLike, what: str = "parameter file") -> 
     return data
 
 
+def as_config(config: "ExperimentConfig | Mapping[str, Any] | None" = None, **overrides: Any) -> ExperimentConfig:
+    """Accept a config, a mapping of parameters or keyword overrides; unknown names fail loudly."""
+    if isinstance(config, ExperimentConfig):
+        return config.replace(**overrides) if overrides else config
+    return ExperimentConfig.from_dict(config, **overrides)
+
+
 def optimizer_class_name(name: str) -> str:
     """The ``keras.optimizers`` class for a carlib optimizer name."""
-    return _OPTIMIZERS[name]
+    return OPTIMIZERS[name]
 
 
 def check_known(params: Mapping[str, Any], known: tuple[str, ...] | list[str]) -> None:
@@ -300,7 +374,7 @@ def check_known(params: Mapping[str, Any], known: tuple[str, ...] | list[str]) -
         return
     messages = []
     for key in unknown:
-        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
         alias = _ALIASES.get(key.lower().replace("-", "_"))
         if alias in known and alias not in close:
             close.insert(0, alias)
@@ -314,11 +388,10 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{name}={value!r} is out of range: expected {allowed}.")
 
 
-def _choice(name: str, value: str, allowed) -> None:
+def _choice(name: str, value: str) -> None:
+    allowed = allowed_values(name)
     if value not in allowed:
-        close = difflib.get_close_matches(value, list(allowed), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown {name} {value!r}.{hint} Known: {', '.join(sorted(allowed))}.")
+        raise ConfigError(f"unknown {name} {value!r}.{closest_hint(value, allowed)} Known: {', '.join(sorted(allowed))}.")
 
 
 _NONE_STRINGS = {"", "none", "null", "~"}

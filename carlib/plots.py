@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.image import imread
 
 __all__ = ["plot_learning_curves", "plot_summary", "plot_tradeoff", "plot_augmentation_gallery",
            "plot_confusion_matrix", "plot_mistakes", "plot_resolution_curve", "plot_tta_grid", "plot_tta_spread",
@@ -159,12 +160,10 @@ def plot_confusion_matrix(confusion: pd.DataFrame, *, normalize: bool = True, ti
 
 def plot_mistakes(mistakes: pd.DataFrame, images: Sequence[Any] | None = None, *, columns: int = 4,
                   title: str | None = None) -> Figure:
-    """A gallery of mistakes (e.g. :func:`carlib.evaluate.most_confident_mistakes`): true, predicted, confidence.
+    """A gallery of mistakes (e.g. :func:`carlib.evaluate.metrics.most_confident_mistakes`): true, predicted, confidence.
 
     ``images`` (one array per row) are shown; without them each row's ``path`` is read for display.
     """
-    from matplotlib.image import imread
-
     rows = max(1, -(-len(mistakes) // columns))
     figure = Figure(figsize=(2.6 * columns, 2.6 * rows + 0.4), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
@@ -183,7 +182,7 @@ def plot_mistakes(mistakes: pd.DataFrame, images: Sequence[Any] | None = None, *
 
 
 def plot_resolution_curve(curve: pd.DataFrame, *, metric: str = "accuracy", title: str | None = None) -> Figure:
-    """Accuracy against test image size (a :func:`carlib.evaluate.resolution_curve` table); the training size is marked."""
+    """Accuracy against test image size (a :func:`carlib.evaluate.resolution.resolution_curve` table); the training size is marked."""
     figure = Figure(figsize=(6, 3.8), layout="constrained")
     ax = figure.subplots()
     if curve.empty:
@@ -208,7 +207,7 @@ def plot_tta_grid(pass_images: np.ndarray, per_pass_probabilities: np.ndarray, *
                   title: str | None = None) -> Figure:
     """What each TTA pass saw: rows = images, columns = passes, each titled with predicted class and confidence.
 
-    ``pass_images``: passes × n × H × W × 3 (:meth:`carlib.tta.TTAResult.pass_images`);
+    ``pass_images``: passes × n × H × W × 3 (:meth:`carlib.evaluate.tta.TTAResult.pass_images`);
     ``per_pass_probabilities``: passes × n × C for the same images (``result.per_pass[:, indices]``).
     """
     passes, n = pass_images.shape[:2]
@@ -235,7 +234,7 @@ def plot_tta_grid(pass_images: np.ndarray, per_pass_probabilities: np.ndarray, *
 
 
 def plot_tta_spread(diagnostics: Any, *, title: str | None = None) -> Figure:
-    """TTA diagnostics (:class:`carlib.tta.TTADiagnostics`): agreement of each pass with the mean, and per-image spread."""
+    """TTA diagnostics (:class:`carlib.evaluate.tta.TTADiagnostics`): agreement of each pass with the mean, and per-image spread."""
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     left, right = figure.subplots(1, 2)
     agreement = np.asarray(diagnostics.pass_agreement)
@@ -256,7 +255,7 @@ def plot_tta_spread(diagnostics: Any, *, title: str | None = None) -> Figure:
 
 # ------------------------------------------------------------------ LR range test (issue 4)
 def plot_lr_find(result: Any, *, show_raw: bool = True, title: str | None = None) -> Figure:
-    """The loss of an LR range test (:class:`carlib.lr_find.LRFindResult`) against the learning rate (log scale).
+    """The loss of an LR range test (:class:`carlib.train.lr_find.LRFindResult`) against the learning rate (log scale).
 
     The smoothed loss is the line, each batch's loss the faint dots; the suggested starting
     LRs (steepest descent, valley) are marked. Start an LR study around them, not at them.

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 import carlib
-from carlib.cli import load_params_file, main
-from carlib.config import ConfigError, ExperimentConfig
+from carlib.cli import main
+from carlib.config import ExperimentConfig
+from carlib.errors import ConfigError
+from carlib.studies.parameters import load_params_file
+from carlib.studies.sweep import KERNEL_START_TIMEOUT_S
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "lr_study.ipynb"
 
@@ -31,10 +34,12 @@ MESSAGES = [
     ({"backbone": "xceptoin"}, "unknown backbone 'xceptoin'. Did you mean 'xception'? Known: cnn_small, "
                                "convnext_tiny, efficientnet_b0, efficientnet_b3, efficientnet_v2_b0, "
                                "efficientnet_v2_s, mobilenet_v3_small, resnet_small, resnet_tiny, simple_cnn, "
-                               "xception."),
-    ({"augmentation": "extreme"}, "unknown augmentation 'extreme'. Known presets: heavy, light, medium, none; or "
-                                  "the path of a .json/.yaml pipeline saved with albumentations.save, or such a "
-                                  "pipeline inline (albumentations.to_dict(...) as a mapping or JSON text)."),
+                               "xception; a SavedModel as hub:<URL or folder>; or register your own with "
+                               "carlib.register_backbone(carlib.BackboneSpec(...))."),
+    ({"augmentation": "extreme"}, "unknown augmentation 'extreme'. Known: heavy, light, medium, none; or the path of "
+                                  "a .json/.yaml pipeline saved with albumentations.save, or such a pipeline inline "
+                                  "(albumentations.to_dict(...) as a mapping or JSON text); add your own with "
+                                  "carlib.register_preset(name, builder)."),
 ]
 UNKNOWN_LR = "unknown parameter 'learning_rate'. Did you mean 'lr'? Known parameters: "
 
@@ -55,9 +60,9 @@ def test_unknown_name_lists_the_closest_and_every_valid_name():
 
 @pytest.mark.parametrize(("params", "message"), MESSAGES[:3], ids=["lr", "val_split", "image_size"])
 def test_yaml_file_and_cli_give_the_same_message(params, message, tmp_path, capsys, monkeypatch):
-    import carlib.experiment
+    import carlib.train.experiment
 
-    monkeypatch.setattr(carlib.experiment, "run_experiment", lambda config: pytest.fail("training started"))
+    monkeypatch.setattr(carlib.train.experiment, "run_experiment", lambda config: pytest.fail("training started"))
     (name, value), = params.items()
     preset = tmp_path / "params.yaml"
     preset.write_text(f"{name}: {value}\nepochs: 1\n")
@@ -79,6 +84,7 @@ def test_yaml_is_loaded_safely(tmp_path, capsys):
 
 def _papermill(out: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "papermill", str(NOTEBOOK), str(out), "-k", "python3",
+                             "--start-timeout", str(KERNEL_START_TIMEOUT_S),
                              "--log-level", "ERROR", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

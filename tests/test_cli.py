@@ -15,9 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from carlib.cli import load_params_file, main
-from carlib.config import ConfigError, ExperimentConfig
-from carlib.results import ResultsStore, new_run_id
+from carlib.cli import main
+from carlib.config import ExperimentConfig
+from carlib.errors import ConfigError
+from carlib.records.record import new_run_id
+from carlib.records.store import ResultsStore
+from carlib.studies.parameters import load_params_file
 
 
 def write_record(store: ResultsStore, *, study="lr_study", lr=0.001, schedule="constant", seed=0, acc=0.5,
@@ -179,7 +182,7 @@ def test_python_dash_m_carlib(store):
 @pytest.fixture
 def no_training(monkeypatch):
     """Replace the experiment function: any call is recorded, and training never starts."""
-    import carlib.experiment
+    import carlib.train.experiment
 
     calls = []
 
@@ -187,7 +190,7 @@ def no_training(monkeypatch):
         calls.append(config)
         return {"run_id": f"fake-{len(calls)}", "status": getattr(fake_run_experiment, "status", "ok")}
 
-    monkeypatch.setattr(carlib.experiment, "run_experiment", fake_run_experiment)
+    monkeypatch.setattr(carlib.train.experiment, "run_experiment", fake_run_experiment)
     fake_run_experiment.calls = calls
     return fake_run_experiment
 
@@ -299,3 +302,22 @@ def test_data_where_prints_cache_path(capsys):
     assert printed.is_relative_to(Path(os.environ["CARLIB_CACHE"]))
     assert "seed7" in printed.name
     assert not printed.exists()  # "where" only says where; it generates nothing
+
+
+# ------------------------------------------------------------------- errors of every layer
+@pytest.mark.parametrize("argv, says", [
+    (["results", "--study", "nope", "--summary"], "unknown study 'nope'"),
+    (["predict", "{tmp}/no-such-model.keras"], "does not exist"),
+    (["sweep", "{tmp}/no-such-sweep.yaml"], "does not exist"),
+    (["data", "where", "somewhere"], "takes no path"),
+    (["run", "--augmentation", "{tmp}/not-a-pipeline.json", "--epochs", "1"], "not a pipeline saved with"),
+    (["run", "--augmentation", "{{\"not\": \"albumentations\"}}"], "inline pipeline is not albumentations"),
+    (["bench", "decod"], "unknown measurement(s) decod"),
+])
+def test_any_carlib_error_is_one_line_and_exit_2(argv, says, tmp_path, no_training, capsys):
+    (tmp_path / "not-a-pipeline.json").write_text('{"transform": 42}')
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("carlib: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert says in err and "Traceback" not in err
+    assert no_training.calls == []

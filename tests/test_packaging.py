@@ -136,7 +136,7 @@ def test_an_installed_wheel_finds_its_own_sweep_files_and_notebooks_from_any_fol
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # -S: no site-packages, so this imports the wheel's carlib, not the editable one (project_files needs only stdlib).
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from carlib import project_files as p; "
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from carlib.base import project_files as p; "
              "print(p.checkout_root()); print(p.resolve_project_file('params/lr_study/sweep-quick.yaml')); "
              "print(p.resolve_project_file('notebooks/lr_study.ipynb')); print(p.resolve_project_file('params/nope.yaml'))")
     run = subprocess.run([sys.executable, "-S", "-c", probe, str(site)], cwd=tmp_path, capture_output=True, text=True)

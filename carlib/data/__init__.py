@@ -1,2 +1,2 @@
-"""Data: archives, class folders and the split, file screening, the dataset check, the tf.data pipeline and the
-embedded synthetic dataset."""
+"""Data: archives, class folders and the split, file screening, the dataset check, augmentation and TTA presets,
+the tf.data pipeline and the embedded synthetic dataset."""

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import zipfile
 from pathlib import Path, PurePosixPath
+
+from carlib.base.files import atomic_write_text
+from carlib.base.locks import exclusive_lock
+from carlib.errors import ArchiveError, MissingFileError
 
 __all__ = ["ArchiveError", "extract_archive"]
 
 # OS junk that archives made on macOS/Windows carry; never extracted.
 _JUNK_PARTS = {"__MACOSX"}
 _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
-
-
-class ArchiveError(ValueError):
-    """An archive is unsafe or unreadable."""
 
 
 def _unsafe_reason(name: str) -> str | None:
@@ -33,22 +32,6 @@ def _is_junk(name: str) -> bool:
     return any(p in _JUNK_PARTS for p in parts) or (parts and (parts[-1] in _JUNK_NAMES or parts[-1].startswith("._")))
 
 
-@contextlib.contextmanager
-def _exclusive_lock(path: Path):
-    """An inter-process lock, so two notebooks extracting at once do not interleave."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: extraction is still idempotent, just not serialised
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
     """Extract a zip archive into ``dest_dir`` once; later calls return at once.
 
@@ -60,12 +43,12 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> 
     archive = Path(archive)
     dest = Path(dest_dir)
     if not archive.is_file():
-        raise FileNotFoundError(f"archive {str(archive)!r} does not exist.")
+        raise MissingFileError(f"archive {str(archive)!r} does not exist.")
     dest.mkdir(parents=True, exist_ok=True)
     stat = archive.stat()
     fingerprint = {"archive": archive.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     marker = dest / f".carlib-extracted-{archive.name}.json"
-    with _exclusive_lock(dest / ".carlib-extract.lock"):
+    with exclusive_lock(dest / ".carlib-extract.lock"):  # two notebooks extracting at once
         if marker.is_file():
             try:
                 if json.loads(marker.read_text()) == fingerprint:
@@ -87,7 +70,5 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> 
                         zf.extract(info, dest)
         except zipfile.BadZipFile as err:
             raise ArchiveError(f"{str(archive)!r} is not a readable zip archive ({err}); download it again.") from None
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(fingerprint))
-        os.replace(tmp, marker)
+        atomic_write_text(marker, json.dumps(fingerprint))
     return dest

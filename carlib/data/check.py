@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from carlib.data.archives import ArchiveError
-from carlib.data.folders import DataError, empty_classes_message, find_class_folders, prepare_data
+from carlib.data.folders import empty_classes_message, find_class_folders, prepare_data, read_sample_submission
 from carlib.data.screen import ImageInfo, screen_images, skip_reason
+from carlib.errors import ArchiveError, DataError, SubmissionError
 
 __all__ = ["DatasetReport", "check_dataset", "report_json", "TINY_SIDE", "HUGE_SIDE"]
 
@@ -219,8 +219,6 @@ def check_dataset(path: str | os.PathLike | None = None) -> DatasetReport:
 
 
 def _check_sample_submission(report: DatasetReport, sample: Path, test_dir: Path, files: list[Path]) -> None:
-    from carlib.submission import SubmissionError, read_sample_submission
-
     report.sample_submission = str(sample)
     try:
         ids = read_sample_submission(sample).iloc[:, 0].tolist()

@@ -27,7 +27,7 @@ def embedded_data_dir(seed: int = 0) -> Path:
 
 def ensure_embedded_data(seed: int = 0) -> Path:
     """Generate the embedded dataset (competition layout: train.zip, test.zip, CSVs) unless cached."""
-    from carlib.data.synthetic import generate_car_dataset
+    from carlib.data.synthetic import generate_car_dataset  # deferred: OpenCV, only to generate the data
 
     out = embedded_data_dir(seed)
     if not (out / "sample-submission.csv").is_file():

@@ -9,14 +9,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from carlib.data.archives import extract_archive
 from carlib.data.embedded import cache_root, embedded_data_dir, ensure_embedded_data
-from carlib.data.screen import (IMAGE_EXTENSIONS, OS_JUNK_FOLDERS, DataError, DataWarning, describe_files,
-                                screen_images, skip_reason)
+from carlib.data.screen import IMAGE_EXTENSIONS, OS_JUNK_FOLDERS, describe_files, screen_images, skip_reason
+from carlib.errors import ConfigError, DataError, DataWarning, MissingFileError, SubmissionError
 
 __all__ = ["DataLayout", "ImageList", "ClassFolders", "prepare_data", "find_class_folders", "list_class_images",
-           "empty_classes_message", "stratified_split", "sample_images", "IMAGE_EXTENSIONS", "DataError", "DataWarning"]
+           "empty_classes_message", "stratified_split", "sample_images", "read_sample_submission", "IMAGE_EXTENSIONS",
+           "DataError", "DataWarning"]
 
 COMPETITION = "sf-dl-car-classification"
 
@@ -91,7 +93,7 @@ def prepare_data(data_dir: str | os.PathLike | None = None) -> DataLayout:
     if data_dir is not None and Path(root).resolve() == embedded_data_dir().resolve():
         root = ensure_embedded_data()
     if not root.is_dir():
-        raise FileNotFoundError(_missing_data_message(root))
+        raise MissingFileError(_missing_data_message(root))
     extract_to = _writable_extract_dir(root)
     for archive, folder in (("train.zip", "train"), ("test.zip", "test_upload")):
         if (root / archive).is_file() and not (root / folder).is_dir():
@@ -137,7 +139,7 @@ def find_class_folders(train_dir: str | os.PathLike) -> ClassFolders:
     """
     train_dir = Path(train_dir)
     if not train_dir.is_dir():
-        raise FileNotFoundError(f"{str(train_dir)!r} is not a folder: expected one sub-folder per class.")
+        raise MissingFileError(f"{str(train_dir)!r} is not a folder: expected one sub-folder per class.")
     ignored: list[tuple[str, str]] = []
     candidates = []
     for entry in sorted(train_dir.iterdir()):
@@ -236,7 +238,7 @@ def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[n
     ``val_split=0`` gives an empty validation set. A class with a single image stays in training.
     """
     if not 0 <= val_split < 1:
-        raise ValueError(f"val_split={val_split!r} is out of range: expected a fraction in [0, 1).")
+        raise ConfigError(f"val_split={val_split!r} is out of range: expected a fraction in [0, 1).")
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []
     for label in np.unique(labels):
@@ -256,3 +258,19 @@ def sample_images(images: ImageList, n: int, seed: int = 0) -> ImageList:
     by_class = [rng.permutation(np.flatnonzero(images.labels == label)) for label in np.unique(images.labels)]
     picked = [members[i] for i in range(max(map(len, by_class))) for members in by_class if i < len(members)]
     return images.subset(np.asarray(picked[:n], dtype=np.int64))
+
+
+def read_sample_submission(path: str | os.PathLike) -> pd.DataFrame:
+    """The sample submission as text (Ids keep their exact format); checks it has an id and a label column."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"sample submission {str(path)!r} does not exist.")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if frame.shape[1] < 2:
+        raise SubmissionError(f"{str(path)!r} must have an id column and a label column (e.g. Id,Category); "
+                              f"found columns {list(frame.columns)}.")
+    ids = frame.iloc[:, 0]
+    duplicated = ids[ids.duplicated()].tolist()
+    if duplicated:
+        raise SubmissionError(f"{str(path)!r} lists these ids more than once: {', '.join(duplicated[:10])}.")
+    return frame

@@ -22,10 +22,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import psutil
 import tensorflow as tf
 
-from carlib.augment import augment_batch, build_augmentation
+from carlib.data.augment import augment_batch, build_augmentation
+from carlib.data.embedded import cache_root
 from carlib.data.folders import ImageList
+from carlib.errors import ConfigError
 
 __all__ = [
     "load_image",
@@ -101,8 +104,6 @@ def decoded_bytes(n_images: int, image_size: int) -> int:
 
 
 def _available_memory() -> int:
-    import psutil
-
     return int(psutil.virtual_memory().available)
 
 
@@ -121,7 +122,7 @@ def resolve_cache(n_images: int, image_size: int, cache: str | bool | None = "au
     if cache is None:
         cache = "auto"
     if cache not in CACHE_MODES:
-        raise ValueError(f"data_cache={cache!r} is unknown: expected one of {', '.join(CACHE_MODES)}.")
+        raise ConfigError(f"data_cache={cache!r} is unknown: expected one of {', '.join(CACHE_MODES)}.")
     if cache != "auto":
         return cache
     needed = decoded_bytes(n_images, image_size)
@@ -135,8 +136,6 @@ def resolve_cache(n_images: int, image_size: int, cache: str | bool | None = "au
 
 
 def _disk_cache_folder() -> Path:
-    from carlib.data.embedded import cache_root
-
     return cache_root() / "decoded"
 
 

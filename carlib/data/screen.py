@@ -24,11 +24,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from carlib.base.files import atomic_path, atomic_write_text
+from carlib.data.embedded import cache_root
+from carlib.errors import DataError, DataWarning
 
 __all__ = ["IMAGE_EXTENSIONS", "DataError", "DataWarning", "ImageInfo", "Screening", "skip_reason", "inspect_image",
            "screen_images", "decode_rgb", "converted_copy", "describe_files", "CHECK_CACHE_VERSION"]
@@ -50,14 +54,6 @@ _TF_DECODES = {
     "WEBP": None,
     "BMP": {"RGB", "RGBA"},  # TensorFlow ignores a BMP's palette: palette/8-bit BMPs decode as noise
 }
-
-
-class DataError(ValueError):
-    """The data cannot be trained on as it is (the message says why and what to do)."""
-
-
-class DataWarning(UserWarning):
-    """Files or folders were skipped; the data is still usable."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +124,6 @@ def inspect_image(path: str | os.PathLike) -> ImageInfo:
     Truncation is caught for JPEGs by the end marker (and a 1/8-scale decode when it is
     missing), for PNGs by PIL's chunk verification, for other formats by a full decode.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -184,8 +178,6 @@ def decode_rgb(path: str | os.PathLike) -> np.ndarray:
     (alpha is dropped, as TensorFlow drops it); 16-bit images keep their high byte (value // 256), as
     TensorFlow scales them — PIL's own ``convert`` would clip every value above 255 to white.
     """
-    from PIL import Image, ImageOps
-
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -209,25 +201,14 @@ def converted_copy(path: str | os.PathLike) -> Path:
     Its name hashes the source's path, size and modification time, so an edited file gets a
     new copy; it is written to a temporary file and renamed, so parallel runs never see half a file.
     """
-    from PIL import Image
-
-    from carlib.data.embedded import cache_root
-
     path = Path(path).resolve()
     size, mtime = _file_key(path)
     digest = hashlib.sha1(f"{path}|{size}|{mtime}".encode()).hexdigest()[:20]
     target = cache_root() / "converted" / f"{digest}.png"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{digest}.", suffix=".png", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(decode_rgb(path)).save(handle, "PNG", compress_level=1)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target, suffix=".png") as temporary:
+        Image.fromarray(decode_rgb(path)).save(temporary, "PNG", compress_level=1)
     return target
 
 
@@ -235,8 +216,6 @@ class _VerdictCache:
     """Screening verdicts of one folder's files, in ``<cache>/image-checks/<folder hash>.json``."""
 
     def __init__(self, folder: Path):
-        from carlib.data.embedded import cache_root
-
         digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
         self.path = cache_root() / "image-checks" / f"{digest}.json"
         self.entries: dict[str, dict[str, Any]] = {}
@@ -261,14 +240,10 @@ class _VerdictCache:
     def save(self) -> None:
         if not self.changed:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".checks.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"version": CHECK_CACHE_VERSION, "entries": self.entries}, handle)
-            os.replace(tmp, self.path)  # concurrent runs: the last writer wins, nothing is half-written
+        try:  # concurrent runs: the last writer wins, nothing is half-written
+            atomic_write_text(self.path, json.dumps({"version": CHECK_CACHE_VERSION, "entries": self.entries}))
         except OSError:
-            Path(tmp).unlink(missing_ok=True)  # a read-only cache only costs a re-check next time
+            pass  # a read-only cache only costs a re-check next time
 
 
 def _sha1_of(path: Path) -> str:

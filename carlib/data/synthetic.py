@@ -40,6 +40,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from carlib.errors import ConfigError, OutputExistsError
+
 __all__ = [
     "CLASS_NAMES",
     "DEFAULT_SEED",
@@ -649,11 +651,11 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
 def _check_int(name: str, value, low: int | None = None, high: int | None = None, hint: str = "") -> int:
     """Validate an integer argument and return it as ``int``."""
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
     try:
         value = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
     if (low is not None and value < low) or (high is not None and value > high):
         if hint:
             allowed = hint
@@ -661,7 +663,7 @@ def _check_int(name: str, value, low: int | None = None, high: int | None = None
             allowed = f">= {low}"
         else:
             allowed = f"between {low} and {high}"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
+        raise ConfigError(f"{name} must be {allowed}, got {value}")
     return value
 
 
@@ -680,7 +682,7 @@ def render_car_image(class_id: int, rng: np.random.Generator, width: int, height
     width = _check_int("width", width, _MIN_IMAGE_WIDTH, _MAX_IMAGE_WIDTH)
     height = _check_int("height", height, _MIN_IMAGE_WIDTH, _MAX_IMAGE_WIDTH)
     if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        raise ConfigError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
     img = np.zeros((height, width, 3), np.uint8)
     horizon = _draw_background(img, rng)
@@ -732,7 +734,7 @@ def _encode_image(index: int, class_id: int, seed: int, min_width: int, max_widt
     quality = int(rng.integers(JPEG_QUALITY_RANGE[0], JPEG_QUALITY_RANGE[1] + 1))
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - cv2 only fails on invalid input
-        raise RuntimeError(f"JPEG encoding failed for image {index}")
+        raise OSError(f"JPEG encoding failed for image {index}")
     return buf.tobytes()
 
 
@@ -779,7 +781,7 @@ def _publish(tmp: pathlib.Path, out: pathlib.Path) -> None:
             pass
     if out.is_dir() and _same_dataset(tmp, out):
         return
-    raise FileExistsError(
+    raise OutputExistsError(
         f"out_dir {str(out)!r} already exists and does not hold the dataset for these arguments; "
         "remove it or choose another folder"
     )
@@ -811,7 +813,7 @@ def generate_car_dataset(
     are safe); if it holds anything else a ``FileExistsError`` is raised and
     nothing is overwritten.  An empty existing folder is replaced.
 
-    Raises ``ValueError`` for invalid arguments, naming the parameter.
+    Raises :class:`~carlib.errors.ConfigError` (a ``ValueError``) for invalid arguments, naming the parameter.
     """
     num_classes = _check_int("num_classes", num_classes, 2, _MAX_CLASSES)
     n_train = _check_int("n_train", n_train, num_classes,
@@ -821,11 +823,11 @@ def generate_car_dataset(
     min_width = _check_int("min_width", min_width, _MIN_IMAGE_WIDTH, _MAX_IMAGE_WIDTH)
     max_width = _check_int("max_width", max_width, _MIN_IMAGE_WIDTH, _MAX_IMAGE_WIDTH)
     if min_width > max_width:
-        raise ValueError(f"min_width must be <= max_width, got min_width={min_width} > max_width={max_width}")
+        raise ConfigError(f"min_width must be <= max_width, got min_width={min_width} > max_width={max_width}")
 
     out = pathlib.Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out_dir {str(out)!r} exists and is not a folder")
+        raise OutputExistsError(f"out_dir {str(out)!r} exists and is not a folder")
     parent = out.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,341 @@
+"""``carlib bench recipe``: carlib's CPU recipe against a plain hand-written Keras CNN, side by side.
+
+The baseline is the CNN a student writes first (``Rescaling(1/255)``, ``Conv2D`` 32/64/128 each
+followed by max-pooling, ``Flatten``, ``Dense(512, relu)``, ``Dropout(0.5)``, softmax; RMSprop at
+1e-3, 50 epochs, no augmentation, the last weights), a strong, simple reference on small photo
+datasets. The recipe is ``params/cpu_recipe/recipe.yaml`` (:func:`cpu_recipe`), trained by
+:func:`carlib.run_experiment` exactly as ``carlib run --params params/cpu_recipe/recipe.yaml``
+would, then scored with its TTA. Both arms train on the same images (the recipe's own
+train/validation split of the same seed), read through carlib's data pipeline, and are scored
+on the same held-out test images: the dataset's ``test-answers.csv`` when it has one (the
+embedded dataset does), else a stratified share of the labelled images (``test_split``) that
+neither arm ever sees. Each arm's CPU time is the process CPU time (all threads) from listing
+the data to the test predictions; wall time is measured beside it.
+
+These are benchmarks, not tests: the figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import gc
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from carlib.bench.machine import machine_description
+from carlib.config import ExperimentConfig, default_results_dir
+from carlib.data.embedded import embedded_data_dir
+from carlib.data.folders import ImageList, list_class_images, prepare_data, stratified_split
+from carlib.data.pipeline import eval_dataset, training_dataset
+from carlib.data.screen import screen_images
+from carlib.errors import ConfigError, DataError, TrainingError
+from carlib.evaluate.predict import predict_images
+from carlib.evaluate.tta import tta_predict
+from carlib.models.build import load_model
+from carlib.studies.parameters import load_params_file
+from carlib.studies.stats import compare_top_two
+from carlib.train.experiment import run_experiment
+from carlib.train.setup import prepare_run_data
+
+__all__ = ["RECIPE_PRESET", "cpu_recipe", "BASELINE", "baseline_model", "recipe_benchmark", "format_figures", "verdict"]
+
+# The CPU recipe (issue 9), chosen by the cpu_recipe_study on the embedded data (docs/cpu-recipe.md):
+# one preset file for `carlib run --params`, papermill -f and this benchmark (a wheel carries a copy of it).
+RECIPE_PRESET = "params/cpu_recipe/recipe.yaml"
+
+
+def cpu_recipe() -> dict[str, Any]:
+    """The CPU recipe's parameters, read from :data:`RECIPE_PRESET` (the clone's, or the installed package's copy)."""
+    return load_params_file(RECIPE_PRESET)
+
+
+# The baseline's fixed settings: what a student's first notebook uses on ~100 px photos.
+BASELINE: dict[str, Any] = {"epochs": 50, "image_size": 96, "batch_size": 32, "optimizer": "RMSprop", "lr": 1e-3}
+
+
+def baseline_model(num_classes: int, image_size: int):
+    """The plain hand-written Keras CNN of the comparison (not a carlib backbone: it is the reference)."""
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input(shape=(image_size, image_size, 3)),
+        layers.Rescaling(1.0 / 255),
+        layers.Conv2D(32, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(128, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Flatten(),
+        layers.Dense(512, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(num_classes, activation="softmax"),
+    ], name="plain_keras_cnn")
+
+
+# ------------------------------------------------------------------------------- data
+@dataclasses.dataclass(frozen=True)
+class _BenchData:
+    """The labelled images both arms train on (``dev_dir``) and the held-out test images."""
+
+    dev_dir: str
+    test: Any  # an ImageList with the class indices of dev_dir
+    test_source: str
+    class_names: tuple[str, ...]
+
+
+def _answered_test_images(answers: Path, test_dir: Path, class_names: Sequence[str]):
+    """The test images named in ``test-answers.csv`` (``Id,Category``), labelled with the training folders' indices."""
+    frame = pd.read_csv(answers, dtype=str)
+    if len(frame.columns) < 2:
+        raise DataError(f"{answers}: expected two columns (Id, Category), found {list(frame.columns)}.")
+    ids, categories = frame.iloc[:, 0].tolist(), frame.iloc[:, 1].str.strip().tolist()
+    unknown = sorted(set(categories) - set(class_names))
+    if unknown:
+        raise DataError(f"{answers}: categories {unknown[:5]} are not training class folders "
+                         f"({', '.join(class_names)}); fix the answers or remove the file to hold out a test split.")
+    screened = screen_images([test_dir / name for name in ids])
+    usable = set(screened.sources)
+    keep = [i for i, name in enumerate(ids) if str(test_dir / name) in usable]
+    if not keep:
+        raise DataError(f"{answers}: none of its {len(ids)} images under {test_dir} can be read.")
+    paths = dict(zip(screened.sources, screened.usable))
+    labels = np.asarray([class_names.index(categories[i]) for i in keep], dtype=np.int32)
+    return ImageList(tuple(paths[str(test_dir / ids[i])] for i in keep), labels, tuple(class_names))
+
+
+def _held_out_folder(images, dev_idx: np.ndarray, work_dir: Path) -> Path:
+    """A class-folder tree of symbolic links to the development images: what the recipe's run reads."""
+    if work_dir.exists():
+        shutil.rmtree(work_dir)  # links only: the images themselves are never touched
+    for index in dev_idx:
+        source = Path(images.source_paths[index]).resolve()
+        folder = work_dir / images.class_names[images.labels[index]]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index:07d}_{source.name}").symlink_to(source)
+    return work_dir
+
+
+def _bench_data(data_dir: str | os.PathLike | None, test_split: float, results_dir: Path) -> _BenchData:
+    layout = prepare_data(data_dir)
+    images = list_class_images(layout.train_dir)
+    answers = layout.root / "test-answers.csv"
+    if answers.is_file() and layout.test_dir is not None:
+        test = _answered_test_images(answers, layout.test_dir, images.class_names)
+        return _BenchData(str(layout.root), test, f"{answers.name} ({len(test)} images)", images.class_names)
+    if not 0 < test_split < 1:
+        raise ConfigError(f"test_split={test_split!r} is out of range: {layout.root} has no test-answers.csv, so a "
+                         "share of its labelled images is held out as the test set; expected a fraction in (0, 1), "
+                         "e.g. 0.2.")
+    dev_idx, test_idx = stratified_split(images.labels, test_split, seed=0)  # one test set for every seed
+    too_small = [images.class_names[c] for c in np.unique(images.labels) if not np.any(images.labels[test_idx] == c)]
+    if too_small:
+        raise DataError(f"class(es) {', '.join(too_small)} have a single image: nothing can be held out for the "
+                         "test set. Add images to them, or remove them.")
+    digest = hashlib.sha1(f"{layout.train_dir.resolve()}|{test_split}".encode()).hexdigest()[:10]
+    dev_dir = _held_out_folder(images, dev_idx, results_dir / "recipe_bench" / "data" / f"dev-{digest}")
+    return _BenchData(str(dev_dir), images.subset(test_idx), f"held-out {test_split:g} of the labelled images "
+                      f"({len(test_idx)} images)", images.class_names)
+
+
+# ------------------------------------------------------------------------------- arms
+class _Clock:
+    """Process CPU seconds (every thread) and wall seconds since creation."""
+
+    def __init__(self):
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+
+    def read(self) -> tuple[float, float]:
+        return time.process_time() - self.cpu, time.perf_counter() - self.wall
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.argmax(probabilities, axis=1) == labels).mean())
+
+
+def _run_baseline(config, test, *, epochs: int, image_size: int, say: Callable[[str], None]) -> dict[str, Any]:
+    clock = _Clock()
+    data = prepare_run_data(config)  # the recipe run's own split of the same seed
+    keras.utils.set_random_seed(config.seed)
+    batch = BASELINE["batch_size"]
+    train_ds = training_dataset(data.train_images, image_size, batch, augmentation="none", seed=config.seed)
+    val_ds = eval_dataset(data.val_images, image_size, batch) if data.has_val else None
+    model = baseline_model(data.num_classes, image_size)
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=BASELINE["lr"]),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False, verbose=0)
+    accuracy = _accuracy(predict_images(model, test, batch_size=batch), test.labels)  # the last weights
+    cpu, wall = clock.read()
+    say(f"baseline (seed {config.seed}): test accuracy {accuracy:.4f}, {cpu:.0f} CPU s, {wall:.0f} s")
+    return {"accuracy": accuracy, "cpu_s": cpu, "wall_s": wall, "n_train": len(data.train_images),
+            "n_val": len(data.val_images)}
+
+
+def _run_recipe(config, test, *, say: Callable[[str], None]) -> dict[str, Any]:
+    clock = _Clock()
+    record = run_experiment(config)
+    if record["status"] != "ok":
+        raise TrainingError(f"the recipe's run {record['run_id']} failed: {record.get('error')}")
+    if list(record["data"]["class_names"]) != list(test.class_names):
+        raise TrainingError(f"the recipe trained on classes {record['data']['class_names']} but the test set has "
+                           f"{list(test.class_names)}")
+    model = load_model(record["checkpoint"]["best"], compile=False)
+    resolved = record["config"]
+    if resolved["tta_passes"]:
+        result = tta_predict(model, test, preset=resolved["tta_preset"], passes=resolved["tta_passes"],
+                             seed=config.seed, batch_size=resolved["batch_size"])
+        probabilities, plain = result.probabilities, result.per_pass[0]  # pass 0 is the un-augmented image
+    else:
+        probabilities = plain = predict_images(model, test, batch_size=resolved["batch_size"])
+    accuracy, accuracy_plain = _accuracy(probabilities, test.labels), _accuracy(plain, test.labels)
+    cpu, wall = clock.read()
+    say(f"recipe (seed {config.seed}): test accuracy {accuracy:.4f} ({accuracy_plain:.4f} without TTA), "
+        f"{cpu:.0f} CPU s, {wall:.0f} s; run {record['run_id']}")
+    return {"accuracy": accuracy, "accuracy_no_tta": accuracy_plain, "cpu_s": cpu, "wall_s": wall,
+            "run_id": record["run_id"], "best_epoch": record["metrics"].get("best_epoch")}
+
+
+def _warm_up() -> None:
+    """Pay TensorFlow's one-time start-up (kernels, thread pools) before either arm's clock starts."""
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(np.zeros((4, 16, 16, 3), np.float32), np.zeros(4, np.int32), epochs=1, verbose=0)
+    model.predict_on_batch(np.zeros((2, 16, 16, 3), np.float32))
+
+
+def _release() -> None:
+    keras.backend.clear_session()
+    gc.collect()
+
+
+# ------------------------------------------------------------------------------ public
+def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 1, seed: int = 0,
+                     recipe: Mapping[str, Any] | None = None, baseline_epochs: int = BASELINE["epochs"],
+                     baseline_image_size: int = BASELINE["image_size"], test_split: float = 0.2,
+                     results_dir: str | os.PathLike | None = None, verbose: bool = True) -> list[dict[str, Any]]:
+    """Train the baseline and the recipe on ``data_dir`` for ``seeds`` seeds; return the figures.
+
+    ``data_dir``: the embedded dataset (``None``), the competition layout or any class-folder
+    tree. ``recipe``: the parameters of the recipe arm (default :func:`cpu_recipe`; any carlib
+    parameters, e.g. a preset file's). The recipe's runs are recorded in ``results_dir``
+    (study ``recipe_bench``). Returns a list of ``{"figure", "value", "unit", ...context}``
+    dicts: ``baseline_accuracy``, ``recipe_accuracy``, ``recipe_accuracy_no_tta``,
+    ``accuracy_gain`` (recipe − baseline), ``baseline_cpu_s``, ``recipe_cpu_s``,
+    ``recipe_cpu_ratio`` (recipe / baseline), ``baseline_wall_s``, ``recipe_wall_s``; values are
+    means over the seeds, ``per_seed`` lists each seed's. Arms alternate which one runs first.
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds={seeds!r} is out of range: expected an integer >= 1 (runs of each arm).")
+    if isinstance(baseline_epochs, bool) or not isinstance(baseline_epochs, int) or baseline_epochs < 1:
+        raise ConfigError(f"baseline_epochs={baseline_epochs!r} is out of range: expected an integer >= 1 "
+                          f"(the baseline's own setting is {BASELINE['epochs']}).")
+    if isinstance(baseline_image_size, bool) or not isinstance(baseline_image_size, int) or baseline_image_size < 32:
+        raise ConfigError(f"baseline_image_size={baseline_image_size!r} is out of range: expected an integer >= 32 "
+                          "(three 3x3 convolutions and poolings need it).")
+    params = dict(cpu_recipe() if recipe is None else recipe)
+    for key in ("data_dir", "seed", "results_dir", "study", "trial_id", "seeds"):
+        params.pop(key, None)  # the benchmark sets these itself
+    store = Path(results_dir or default_results_dir()).expanduser().resolve()
+    base = ExperimentConfig.from_dict(params, study="recipe_bench", results_dir=str(store))  # bad values fail here
+    say = (lambda text: print(f"carlib bench recipe: {text}", flush=True)) if verbose else (lambda text: None)
+
+    data = _bench_data(data_dir, test_split, store)
+    say(f"{data.dev_dir}: {len(data.class_names)} classes; test set: {data.test_source}")
+    _warm_up()
+    baseline_rows, recipe_rows = [], []
+    for offset in range(seeds):
+        config = base.replace(data_dir=data.dev_dir, seed=seed + offset)
+        arms = [("baseline", lambda: _run_baseline(config, data.test, epochs=baseline_epochs,
+                                                   image_size=baseline_image_size, say=say)),
+                ("recipe", lambda: _run_recipe(config, data.test, say=say))]
+        for name, run in arms if offset % 2 == 0 else arms[::-1]:
+            _release()
+            (baseline_rows if name == "baseline" else recipe_rows).append(run())
+    _release()
+    return _figures(baseline_rows, recipe_rows, data, base, params, seeds=seeds, seed=seed, data_dir=data_dir,
+                    baseline_epochs=baseline_epochs, baseline_image_size=baseline_image_size)
+
+
+def _figures(baseline_rows, recipe_rows, data: _BenchData, recipe_config, recipe_params, *, seeds: int, seed: int, data_dir,
+             baseline_epochs: int, baseline_image_size: int) -> list[dict[str, Any]]:
+    def column(rows, key):
+        return [float(row[key]) for row in rows]
+
+    ratios = [r["cpu_s"] / b["cpu_s"] for b, r in zip(baseline_rows, recipe_rows)]
+    gains = [r["accuracy"] - b["accuracy"] for b, r in zip(baseline_rows, recipe_rows)]
+    embedded = data_dir is None or Path(data_dir).expanduser().resolve() == embedded_data_dir().resolve()
+    context = {
+        "dataset": "embedded" if embedded else str(Path(data_dir).expanduser().resolve()),
+        "test_set": data.test_source,
+        "num_classes": len(data.class_names),
+        "n_train": baseline_rows[0]["n_train"],
+        "n_val": baseline_rows[0]["n_val"],
+        "n_test": len(data.test),
+        "seeds": seeds,
+        "first_seed": seed,
+        "baseline": (f"plain Keras CNN (Conv2D 32/64/128 + MaxPool, Dense 512, Dropout 0.5), RMSprop "
+                     f"lr={BASELINE['lr']:g}, {baseline_epochs} epochs, {baseline_image_size} px, no augmentation, "
+                     "last weights"),
+        "recipe": {k: v for k, v in recipe_config.to_dict().items()
+                   if k in recipe_params or (k in ("backbone_width", "backbone_depth") and v is not None)},
+        "recipe_runs": [row["run_id"] for row in recipe_rows],
+        "machine": machine_description(),
+        "date": _dt.date.today().isoformat(),
+    }
+    figures = []
+    for name, values, unit in (
+        ("baseline_accuracy", column(baseline_rows, "accuracy"), "fraction"),
+        ("recipe_accuracy", column(recipe_rows, "accuracy"), "fraction"),
+        ("recipe_accuracy_no_tta", column(recipe_rows, "accuracy_no_tta"), "fraction"),
+        ("accuracy_gain", gains, "fraction"),
+        ("baseline_cpu_s", column(baseline_rows, "cpu_s"), "s"),
+        ("recipe_cpu_s", column(recipe_rows, "cpu_s"), "s"),
+        ("recipe_cpu_ratio", ratios, "x"),
+        ("baseline_wall_s", column(baseline_rows, "wall_s"), "s"),
+        ("recipe_wall_s", column(recipe_rows, "wall_s"), "s"),
+    ):
+        figures.append({"figure": name, "value": float(np.mean(values)), "unit": unit,
+                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                        "per_seed": values, **context})
+    return figures
+
+
+def verdict(figures: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence: does the recipe beat the baseline (Welch's t-test across seeds) within its CPU time?"""
+    by_name = {f["figure"]: f for f in figures}
+    rows = [{"arm": arm, "status": "ok", "accuracy": value}
+            for arm in ("baseline", "recipe") for value in by_name[f"{arm}_accuracy"]["per_seed"]]
+    comparison = compare_top_two(pd.DataFrame(rows), ["arm"], "accuracy")
+    ratio = by_name["recipe_cpu_ratio"]["value"]
+    budget = (f"The recipe used {ratio:.2f}x the baseline's CPU time "
+              + ("(within it)" if ratio <= 1 else "(MORE than the baseline: over budget)"))
+    return f"{comparison.message} {budget}."
+
+
+def format_figures(figures: Sequence[Mapping[str, Any]]) -> str:
+    """The figures as a text table, with the context, the verdict and the machine."""
+    lines = [f"{'figure':<24}{'value':>10}  {'unit':<9}{'std':>8}  per seed"]
+    for f in figures:
+        std = "" if f["std"] is None else f"{f['std']:.3g}"
+        per_seed = ", ".join(f"{v:.4g}" for v in f["per_seed"])
+        lines.append(f"{f['figure']:<24}{f['value']:>10.4g}  {f['unit']:<9}{std:>8}  {per_seed}")
+    first = figures[0]
+    lines += [
+        "",
+        f"dataset: {first['dataset']} ({first['num_classes']} classes; {first['n_train']} train / {first['n_val']} "
+        f"validation images; test set: {first['test_set']}); seeds: {first['seeds']}",
+        f"baseline: {first['baseline']}",
+        "recipe: " + ", ".join(f"{k}={v}" for k, v in first["recipe"].items()),
+        f"machine: {first['machine']}; date: {first['date']}",
+        "verdict: " + verdict(figures),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""Building and loading carlib models: raw 0–255 RGB in, class probabilities out.
+
+:func:`build_model` puts the backbone's preprocessing inside the model (so training,
+evaluation, TTA and export share one input contract), keeps pretrained BatchNorm in
+inference mode when asked (:class:`InferenceModeBackbone`, R13), and adds carlib's head.
+:func:`load_model` reads a ``.keras`` file back, SavedModel (``hub:``) backbones included.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import keras
+
+from carlib.errors import ConfigError, MissingFileError, ModelError
+from carlib.models import losses  # noqa: F401  registers the label-smoothing loss, so compiled .keras files load
+from carlib.models.hub import is_hub_backbone
+from carlib.models.hub_layer import HubBackbone  # registered as carlib>HubBackbone, so .keras files holding one load
+from carlib.models.registry import check_knobs, get_backbone
+from carlib.models.spec import PREPROCESSING
+
+__all__ = ["build_model", "preprocessing_layer", "InferenceModeBackbone", "feature_extractor", "load_model",
+           "model_image_size"]
+
+
+def preprocessing_layer(mode: str) -> keras.layers.Layer:
+    """The layer mapping raw 0–255 RGB to the range ``mode`` names."""
+    low, high = PREPROCESSING[mode]
+    scale = (high - low) / 255.0
+    return keras.layers.Rescaling(scale=scale, offset=low, name=f"preprocess_{mode}")
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    image_size: int | None = None,
+    *,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    bn_mode: str = "auto",
+    hidden_units: int = 0,
+    head_batchnorm: bool = False,
+    input_range: str | None = None,
+    width: int | None = None,
+    depth: int | None = None,
+) -> keras.Model:
+    """Raw 0–255 RGB in, class probabilities out: preprocessing → backbone → pooling → head → dense.
+
+    ``weights``: ``"imagenet"`` (downloads; needs internet), ``None`` (random init) or the
+    path of a local weights file for the backbone. ``bn_mode``: ``"frozen"`` calls the
+    backbone with ``training=False`` so BatchNorm keeps its statistics (right for pretrained
+    weights, R13); ``"train"`` lets BatchNorm update; ``"auto"`` freezes only pretrained
+    BatchNorm (ImageNet weights, a weights file, or a ``hub:`` SavedModel).
+
+    The head: global average pooling → [BatchNorm if ``head_batchnorm`` (R16)] →
+    [``Dense(hidden_units, relu)`` if ``hidden_units`` > 0; none by default, R17] → dropout →
+    ``Dense(num_classes)`` in float32. ``input_range`` overrides the spec's preprocessing mode
+    (a key of :data:`PREPROCESSING`; used for ``hub:`` backbones, whose range is a parameter).
+    ``width`` / ``depth`` resize carlib's compact from-scratch backbones (:func:`knob_backbones`):
+    channels of the first stage (doubled per stage) and layers or residual blocks per stage;
+    ``None`` keeps the variant's own.
+    """
+    spec = get_backbone(backbone)
+    knobs = check_knobs(backbone, width, depth)
+    preprocessing = input_range or spec.preprocessing
+    if preprocessing not in PREPROCESSING:
+        raise ConfigError(f"input_range={preprocessing!r} is unknown: expected one of {sorted(PREPROCESSING)}.")
+    size = image_size or spec.default_size
+    if weights not in (None, "imagenet"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise MissingFileError(f"weights file {str(path)!r} does not exist.")
+        weights = str(path)
+    inputs = keras.Input(shape=(size, size, 3), name="image")
+    x = preprocessing_layer(preprocessing)(inputs)
+    extractor = spec.build((size, size, 3), weights, **knobs)
+    is_hub = is_hub_backbone(spec.name)
+    if is_hub and bn_mode == "train" and not _hub_layer(extractor).accepts_training:
+        raise ConfigError(f"bn_mode='train' needs a SavedModel whose endpoint takes a training argument; "
+                         f"{spec.name!r} uses {_hub_layer(extractor).call_endpoint!r}, which always runs in "
+                         "inference mode. Use bn_mode='auto' or 'frozen'.")
+    pretrained = weights is not None or is_hub
+    frozen_bn = bn_mode == "frozen" or (bn_mode == "auto" and pretrained)
+    x = InferenceModeBackbone(extractor, name="backbone_inference_mode")(x) if frozen_bn else extractor(x)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if head_batchnorm:
+        # momentum 0.9 for the same reason as in simple_cnn: short runs leave 0.99's statistics near init.
+        x = keras.layers.BatchNormalization(momentum=0.9, name="head_bn")(x)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu", name="head_hidden")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="carlib_hub" if is_hub else f"carlib_{spec.name}")
+
+
+def _hub_layer(extractor: keras.Model):
+    return next(layer for layer in extractor.layers if isinstance(layer, HubBackbone))
+
+
+@keras.saving.register_keras_serializable(package="carlib")
+class InferenceModeBackbone(keras.layers.Layer):
+    """Runs the wrapped backbone with ``training=False`` even while the model trains.
+
+    Keras 3's ``fit`` re-passes ``training=True`` through a functional graph, overriding a
+    ``backbone(x, training=False)`` written when the model was built (keras-team/keras#20285),
+    so BatchNorm statistics would drift during fine-tuning (R13). Inside this layer the
+    argument is fixed; the backbone's weights stay trainable.
+    """
+
+    def __init__(self, backbone: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def build(self, input_shape):
+        self.backbone.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return self.backbone(inputs, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.backbone.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The backbone inside a model built by :func:`build_model`."""
+    for layer in model.layers:
+        if isinstance(layer, InferenceModeBackbone):
+            return layer.backbone
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ModelError(f"model {model.name!r} has no backbone sub-model")
+
+
+def load_model(path, *, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` file saved by carlib, ``hub:`` backbones included.
+
+    A model holding a :class:`carlib.models.hub_layer.HubBackbone` re-opens its SavedModel, which Keras
+    refuses in safe mode (a SavedModel carries graph code); such files are loaded with
+    ``safe_mode=False``, everything else with Keras' defaults. Load only files you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"model file {str(path)!r} does not exist.")
+    with zipfile.ZipFile(path) as archive:
+        holds_savedmodel = "carlib>HubBackbone" in archive.read("config.json").decode()
+    return keras.models.load_model(path, compile=compile, safe_mode=not holds_savedmodel)
+
+
+def model_image_size(model) -> int:
+    """The square input size a model was built for; a clear error if it has none."""
+    shape = model.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    height, width = shape[1], shape[2]
+    if height is None or width is None or height != width:
+        raise ModelError(
+            f"model {model.name!r} has input shape {shape}: carlib needs a fixed square input size "
+            "(models built by carlib.build_model have one); pass image_size explicitly."
+        )
+    return int(height)

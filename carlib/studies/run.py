@@ -1,0 +1,75 @@
+"""Running a study and reading its conclusions: one configuration over several seeds, the summary across seeds
+and the verdict on the top two configurations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from carlib.config import PARAMETER_NAMES, ExperimentConfig, check_known
+from carlib.data.folders import list_class_images, prepare_data, sample_images
+from carlib.errors import ConfigError
+from carlib.records.store import load_results
+from carlib.studies.specs import get_study
+from carlib.studies.stats import Comparison, compare_top_two, summarize
+
+__all__ = ["run_study", "study_config", "study_summary", "study_verdict", "augmentation_samples"]
+
+
+def study_config(study: str, *, seeds: int = 1, **params: Any) -> ExperimentConfig:
+    """The configuration a study's first run uses (``seeds`` is accepted and ignored), e.g. for an LR range test."""
+    check_known(params, PARAMETER_NAMES)
+    return ExperimentConfig.from_dict(params, study=study)
+
+
+def run_study(study: str, *, seeds: int = 1, **params: Any) -> list[dict[str, Any]]:
+    """Run one configuration of ``study`` for ``seeds`` consecutive seeds (``seed``, ``seed+1``, …).
+
+    ``study`` names the group the records belong to (a known study, or any name of yours).
+    Returns the records, which are also in the results store. Unknown parameter names fail
+    before anything runs.
+    """
+    check_known(params, PARAMETER_NAMES)
+    try:
+        seeds = int(seeds)
+    except (TypeError, ValueError):
+        raise ConfigError(f"seeds={seeds!r} has the wrong type: expected an integer >= 1.") from None
+    if seeds < 1:
+        raise ConfigError(f"seeds={seeds!r} is out of range: expected an integer >= 1 (runs per configuration).")
+    from carlib.train.experiment import run_experiment  # deferred: TensorFlow loads here, not for summaries
+
+    base = ExperimentConfig.from_dict(params, study=study)
+    return [run_experiment(base.replace(seed=base.seed + i)) for i in range(seeds)]
+
+
+def study_summary(study: str, results_dir: str | None = None, metric: str | None = None) -> pd.DataFrame:
+    """The summary of every finished run of ``study`` in the store, grouped by its scientific parameters.
+
+    Columns: n, mean, std and 95% CI of ``metric`` (default: the study's own) across seeds,
+    min, max, and the study's extra figures averaged (``<name>_mean``); best configuration first.
+    """
+    spec = get_study(study)
+    return summarize(load_results(results_dir, study=study), spec.scientific, metric or spec.metric, spec.extra)
+
+
+def study_verdict(study: str, results_dir: str | None = None, metric: str | None = None) -> Comparison:
+    """Whether the study's best configuration is distinguishable from the runner-up (Welch's t-test across seeds)."""
+    spec = get_study(study)
+    return compare_top_two(load_results(results_dir, study=study), spec.scientific, metric or spec.metric)
+
+
+def augmentation_samples(augmentation: str, *, data_dir: str | None = None, image_size: int = 64,
+                         n_images: int = 4, views: int = 5, seed: int = 0):
+    """Augmented views of ``n_images`` training images (one per class in turn) for a gallery.
+
+    Returns the array of :func:`carlib.data.pipeline.augmented_views`; plot it with
+    :func:`carlib.plots.plot_augmentation_gallery`.
+    """
+    from carlib.data.augment import check_augmentation  # deferred: albumentations and TensorFlow
+    from carlib.data.pipeline import augmented_views
+
+    augmentation = ExperimentConfig.from_dict({"augmentation": augmentation}).augmentation  # same coercion as runs
+    check_augmentation(augmentation)
+    images = sample_images(list_class_images(prepare_data(data_dir).train_dir), n_images, seed)
+    return augmented_views(images, augmentation, int(image_size), views=views, seed=seed)

@@ -1,0 +1,64 @@
+"""Studies: named questions, each with its scientific parameters, run over several seeds.
+
+Following Google's tuning playbook, a study compares values of its *scientific*
+parameters; the seed is a nuisance parameter that runs repeat over (R5, R10), and
+everything else is held fixed. A :class:`StudySpec` names the question, the scientific
+parameters, the metric its verdict uses and the extra figures its summary averages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from carlib.base.registry import Registry
+
+__all__ = ["StudySpec", "STUDIES", "register_study", "get_study", "available_studies"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySpec:
+    """A study: the question it answers, the parameters whose effect it measures (scientific),
+    and further per-run figures its summary averages (e.g. epoch time)."""
+
+    name: str
+    question: str
+    scientific: tuple[str, ...]
+    extra: tuple[str, ...] = ()
+    metric: str = "val_accuracy_best"
+
+
+STUDIES: Registry[StudySpec] = Registry("study", "add your own with carlib.register_study(carlib.StudySpec(...))")
+
+
+def register_study(spec: StudySpec, *, overwrite: bool = False) -> StudySpec:
+    """Add a study so summaries know its scientific parameters (how users add their own)."""
+    return STUDIES.register(spec.name, spec, overwrite=overwrite)
+
+
+def get_study(name: str) -> StudySpec:
+    """The spec of a known study; an unknown name lists the known ones."""
+    return STUDIES.get(name)
+
+
+def available_studies() -> tuple[str, ...]:
+    """Names of the registered studies."""
+    return STUDIES.names()
+
+
+for _spec in (
+    StudySpec("lr_study", "Which learning rate and schedule train this backbone best?", ("lr", "schedule")),
+    StudySpec("augmentation_study", "Which augmentation helps, and what does it cost per epoch?",
+              ("augmentation",), ("epoch_s",)),
+    StudySpec("tta_visualization", "Does test-time augmentation help, and do its passes differ?",
+              ("tta_preset", "tta_passes"), ("tta_changed_images", "val_accuracy_best"), metric="val_accuracy_tta"),
+    StudySpec("backbone_study", "Which backbone at which image size, for what speed?", ("backbone", "image_size"),
+              ("param_count", "train_images_per_s", "eval_images_per_s")),
+    StudySpec("finetune_study", "How should a pretrained backbone be fine-tuned, and with BatchNorm in which mode?",
+              ("finetune", "bn_mode"), ("epoch_s",)),
+    StudySpec("cpu_recipe_study", "Which from-scratch recipe trains best on a CPU within a fixed budget?",
+              ("backbone", "backbone_width", "backbone_depth", "image_size", "epochs", "augmentation", "label_smoothing",
+               "schedule", "warmup_epochs", "lr"),
+              ("val_accuracy_tta", "epoch_s", "train_images_per_s")),
+):
+    register_study(_spec)
+del _spec

@@ -1,0 +1,173 @@
+"""The house: carlib's packages are layers, each importing only from below, without cycles, imports at the top.
+
+The layers, bottom to top (docs/architecture.md says what each does); units in one layer may not
+import each other. A module may import its own package and any lower layer. ``carlib/__init__.py``
+is the public facade: it loads the API lazily and is exempt. An import inside a function is allowed
+only to defer a heavy library (TensorFlow, albumentations, ...), and says so: a ``# deferred: why``
+comment on the line or on the comment line heading its block of imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "carlib"
+LAYERS: list[tuple[str, ...]] = [
+    ("errors",),
+    ("base", "plots"),
+    ("models", "data"),
+    ("config",),
+    ("records",),
+    ("evaluate",),
+    ("train",),
+    ("studies",),
+    ("bench",),
+    ("cli",),
+    ("__main__",),
+]
+LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _unit(module: str) -> str:
+    """The layer unit of ``carlib.x.y``: ``x``."""
+    return module.split(".")[1]
+
+
+def _imports(module: str) -> list[tuple[str, int, bool]]:
+    """(imported carlib module, line, inside a function) for every import of a carlib module in ``module``."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text())
+    in_function = {id(sub) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for sub in ast.walk(node) if sub is not node}
+    found = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from carlib.x import y` imports carlib.x.y when y is a module, else carlib.x
+            targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                       for a in node.names]
+        found += [(t, node.lineno, id(node) in in_function) for t in targets if t == "carlib" or
+                  t.startswith("carlib.")]
+    return found
+
+
+def _function_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, text, says why) for every import statement inside a function."""
+    source = path.read_text().split("\n")
+    tree = ast.parse("\n".join(source))
+    result = []
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                result.append((node.lineno, source[node.lineno - 1].strip(), _says_why(source, node.lineno)))
+    return sorted(set(result))
+
+
+def _says_why(source: list[str], lineno: int) -> bool:
+    """The import on ``lineno`` (1-based), or the block of imports it belongs to, carries ``# deferred:``.
+
+    A block is the import lines (and blank and comment lines) above it, up to the first other statement.
+    """
+    index = lineno - 1
+    while index >= 0:
+        line = source[index].strip()
+        if "# deferred:" in line:
+            return True
+        if line and not line.startswith(("import ", "from ", "#")):  # a block may have blank lines between groups
+            return False
+        index -= 1
+    return False
+
+
+def test_the_packages_are_the_layers():
+    units = {_unit(m) for m in MODULES if m != "carlib"}
+    assert units == set(LAYER_OF), f"a module outside the layers, or a layer without modules: {units ^ set(LAYER_OF)}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "carlib"))
+def test_no_module_imports_from_a_layer_above_or_beside_it(module):
+    own = _unit(module)
+    wrong = []
+    for target, line, _ in _imports(module):
+        if target == "carlib":
+            wrong.append(f"line {line}: imports the facade carlib/__init__.py (import the module that defines it)")
+            continue
+        unit = _unit(target)
+        if unit != own and LAYER_OF[unit] >= LAYER_OF[own]:
+            wrong.append(f"line {line}: {target} ({'same layer' if LAYER_OF[unit] == LAYER_OF[own] else 'above'})")
+    assert not wrong, f"{module} imports from a layer above or beside it: " + "; ".join(wrong)
+
+
+def test_no_import_cycles():
+    graph = {m: {t for t, _, _ in _imports(m) if t in MODULES and t != m} for m in MODULES if m != "carlib"}
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == "carlib" or nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_imports_are_at_the_top_unless_they_defer_a_heavy_library_and_say_so():
+    silent = [f"{path.relative_to(PACKAGE.parent)}:{line}: {text}" for path in MODULES.values()
+              for line, text, says_why in _function_imports(path) if not says_why]
+    assert not silent, "imports inside functions without a '# deferred: why' comment:\n" + "\n".join(silent)
+
+
+def test_the_checks_above_can_fail(tmp_path):
+    lines = ["def f():", "    import json", "    return json"]
+    path = tmp_path / "m.py"
+    path.write_text("\n".join(lines))
+    assert _function_imports(path) == [(2, "import json", False)]
+    path.write_text("\n".join([lines[0], "    # deferred: a reason", *lines[1:]]))
+    assert _function_imports(path) == [(3, "import json", True)]
+
+
+@pytest.mark.parametrize("entry", [
+    "carlib.records.store", "carlib.records.table", "carlib.config", "carlib.studies.stats", "carlib.studies.specs",
+    "carlib.cli",
+])
+def test_reading_results_never_imports_tensorflow_or_albumentations(entry):
+    code = (f"import sys, {entry}; heavy = [m for m in ('tensorflow', 'keras', 'albumentations') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"importing {entry} loaded {result.stdout.strip()}"
+
+
+def test_carlib_results_runs_without_tensorflow(tmp_path):
+    code = ("import sys; from carlib.cli import main; code = main(['results', '--results-dir', sys.argv[1]]); "
+            "assert 'tensorflow' not in sys.modules and 'albumentations' not in sys.modules, 'heavy import'; "
+            "sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "no runs" in result.stdout
