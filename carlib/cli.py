@@ -12,6 +12,7 @@ never imports TensorFlow.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import warnings
@@ -41,7 +42,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
         from carlib.studies.stats import compare_top_two, summarize  # deferred: scipy
 
         spec = get_study(args.study)
-        verdict = compare_top_two(frame, spec.scientific, spec.metric)
+        verdict = compare_top_two(frame, spec.scientific, spec.metric, min_effect=args.min_effect)
         frame = summarize(frame, spec.scientific, spec.metric, extra=spec.extra).reset_index()
     elif args.columns:
         missing = [c for c in args.columns if c not in frame.columns]
@@ -60,7 +61,9 @@ def _cmd_results(args: argparse.Namespace) -> int:
     else:
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if verdict is not None and args.format != "csv":
-        print(("\n" if args.format == "markdown" else "") + f"verdict: {verdict.message}")
+        print(("\n" if args.format == "markdown" else "") + f"primary metric: {verdict.metric} (the summary ranks by "
+              "it and the verdict decides on it; the other columns are shown, never decided on)")
+        print(f"verdict: {verdict.message}")
     return 0
 
 
@@ -205,6 +208,24 @@ def _cmd_bench_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_verdicts(args: argparse.Namespace) -> int:
+    """``carlib bench verdicts``: false-verdict rate and power of the verdict code on simulated studies."""
+    from carlib.bench.verdicts import format_cells, simulate_verdicts  # deferred: scipy
+
+    common = {"date": datetime.date.today().isoformat()}
+
+    def show(cell) -> None:
+        if args.json:
+            print(json.dumps({"figure": "verdicts", **cell.as_dict(), **common}), flush=True)
+
+    cells = simulate_verdicts(args.k, args.n, args.rho, simulations=args.simulations, seed=args.seed, on_cell=show)
+    if not args.json:
+        print(f"carlib bench verdicts — {args.simulations} simulated studies per cell and scenario; a run's score has "
+              "unit standard deviation, a share rho of it shared by the runs of one seed")
+        print(format_cells(cells))
+    return 0
+
+
 # ------------------------------------------------------------------------------- parsers
 def _parameter_flag_help(name: str) -> tuple[str, str]:
     """The metavar and help of a ``carlib run`` parameter flag, from the config's own description."""
@@ -229,7 +250,8 @@ def _add_run_parser(sub, *, with_parameters: bool) -> None:
 def _add_bench_parsers(sub) -> None:
     bench = sub.add_parser("bench", help="speed figures: decode limit, pipeline per preset, old way, transforms, "
                                          "feed ratio, harness overhead; `carlib bench recipe`: the CPU recipe "
-                                         "against a plain Keras CNN")
+                                         "against a plain Keras CNN; `carlib bench verdicts`: the statistics on "
+                                         "simulated studies")
     bench.add_argument("measurements", nargs="*", metavar="MEASUREMENT",
                        help="any of decode, pipeline, oldway, transforms, feed, harness (default: all)")
     bench.add_argument("--data-dir", default=None, help="dataset (default: the embedded dataset)")
@@ -270,6 +292,20 @@ def _bench_recipe_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench_verdicts_parser() -> argparse.ArgumentParser:
+    from carlib.bench.verdicts import KS, NS, RHOS  # deferred: scipy
+
+    parser = argparse.ArgumentParser(prog="carlib bench verdicts", description="The verdict code on simulated "
+                                     "studies: false verdicts under A/A and power at a +1 sd effect.")
+    parser.add_argument("--simulations", type=int, default=2000, help="studies per cell and scenario (default: 2000)")
+    parser.add_argument("--k", type=int, nargs="+", default=list(KS), help="configurations per study")
+    parser.add_argument("--n", type=int, nargs="+", default=list(NS), help="seeds per configuration")
+    parser.add_argument("--rho", type=float, nargs="+", default=list(RHOS), help="same-seed correlation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulation")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line per cell")
+    return parser
+
+
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carlib", description="Train and compare image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,7 +314,12 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     results.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
     results.add_argument("--study", default=None, help="only runs of this study")
     results.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
-    results.add_argument("--summary", action="store_true", help="mean and std across seeds per configuration")
+    results.add_argument("--summary", action="store_true",
+                         help="per configuration of the study: runs, failures, mean, std and 95%% CI of its primary "
+                              "metric across seeds, and the verdict with a seed plan")
+    results.add_argument("--min-effect", type=float, default=0.01, metavar="NUMBER",
+                         help="--summary: the difference the seed plan is sized for (default: 0.01, one point of "
+                              "accuracy)")
     results.add_argument("--columns", nargs="+", default=None, help="only these columns")
     results.add_argument("--all-columns", action="store_true",
                          help="the table format shows every column (csv and markdown always do)")
@@ -347,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:2] == ["bench", "recipe"]:  # its own options: the recipe against a plain Keras CNN
             return _cmd_bench_recipe(_bench_recipe_parser().parse_args(argv[2:]))
+        if argv[:2] == ["bench", "verdicts"]:  # its own options: the statistics on simulated studies
+            return _cmd_bench_verdicts(_bench_verdicts_parser().parse_args(argv[2:]))
         command = next((a for a in argv if not a.startswith("-")), None)
         parser = _parser(command)
         args, unknown = parser.parse_known_args(argv)

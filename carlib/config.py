@@ -139,8 +139,10 @@ class ExperimentConfig:
     deterministic: bool = _param(False, "TensorFlow op determinism (slower; see the docs for what it covers)")
     data_cache: str = _param("auto", "where decoded images are cached: auto (memory if they fit, else disk), "
                                      "memory, disk, none", choices=("auto", "memory", "disk", "none"))
-    val_split: float = _param(0.2, "share of the training images held out for validation (checkpoint selection); "
-                                   "0 trains on everything")
+    val_split: float = _param(0.2, "share of the training images held out for validation (it picks the best "
+                                   "checkpoint); 0 trains on everything but the test set")
+    test_split: float = _param(0.2, "share of the labelled images held out as the test set (it scores the run) when "
+                                    "the dataset has no labelled test images; the same for every seed; 0: no test set")
     seed: int = _param(0, "the run's seed: split, initial weights, data order and augmentation draws")
     results_dir: str | None = _param(None, "the results store; None: $CARLIB_RESULTS_DIR or ./results")
     tensorboard: bool = _param(False, "also write TensorBoard logs to <run_dir>/tensorboard (needs the tensorboard "
@@ -195,6 +197,10 @@ class ExperimentConfig:
         _check(self.lr > 0, "lr", self.lr, "a positive number, e.g. 1e-3")
         _check(0 <= self.val_split < 1, "val_split", self.val_split,
                "a fraction in [0, 1); 0 trains on everything without validation")
+        _check(0 <= self.test_split < 1, "test_split", self.test_split,
+               "a fraction in [0, 1); 0 keeps no test set (a final run)")
+        _check(self.val_split + self.test_split < 1, "val_split + test_split", self.val_split + self.test_split,
+               "less than 1: some images must be left to train on")
         _check(self.image_size is None or self.image_size >= 16, "image_size", self.image_size,
                "an integer >= 16 (pixels), or None for the backbone's default")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")

@@ -71,11 +71,13 @@ def _config_labels(summary: pd.DataFrame) -> list[str]:
     return labels if names else [str(i) for i in summary.index]
 
 
-def plot_summary(summary: pd.DataFrame, *, metric: str = "val_accuracy_best") -> Figure:
+def plot_summary(summary: pd.DataFrame, *, metric: str | None = None) -> Figure:
     """Bar chart of a study summary: mean across seeds per configuration, with its 95% confidence interval.
 
     Configurations with a single run show no interval (there is no spread to estimate yet).
+    ``metric`` labels the axis (default: the one the summary was made for, ``summary.attrs["metric"]``).
     """
+    metric = metric or summary.attrs.get("metric", "accuracy")
     figure = Figure(figsize=(max(5, 1.2 * len(summary) + 2), 3.8), layout="constrained")
     ax = figure.subplots()
     if summary.empty:
@@ -90,9 +92,10 @@ def plot_summary(summary: pd.DataFrame, *, metric: str = "val_accuracy_best") ->
         errors = summary["std"].fillna(0).to_numpy()
     labels = _config_labels(summary)
     ax.bar(labels, means, yerr=errors, capsize=4, color="C0", alpha=0.8)
-    for x, (mean, n) in enumerate(zip(means, summary["n"])):
-        ax.annotate(f"{mean:.3f}\nn={n}", (x, mean), ha="center", va="bottom", fontsize="small",
-                    xytext=(0, 3), textcoords="offset points")
+    failed = summary["n_failed"] if "n_failed" in summary else [0] * len(summary)
+    for x, (mean, n, n_failed) in enumerate(zip(means, summary["n"], failed)):
+        ax.annotate(f"{mean:.3f}\nn={n}" + (f", {n_failed} failed" if n_failed else ""), (x, mean if mean == mean
+                    else 0), ha="center", va="bottom", fontsize="small", xytext=(0, 3), textcoords="offset points")
     names = [n for n in (summary.index.names or []) if n]
     ax.set(ylabel=f"{metric}\nmean, 95% CI over seeds", xlabel=" × ".join(names))
     ax.margins(y=0.2)

@@ -5,24 +5,22 @@ followed by max-pooling, ``Flatten``, ``Dense(512, relu)``, ``Dropout(0.5)``, so
 1e-3, 50 epochs, no augmentation, the last weights), a strong, simple reference on small photo
 datasets. The recipe is ``params/cpu_recipe/recipe.yaml`` (:func:`cpu_recipe`), trained by
 :func:`carlib.run_experiment` exactly as ``carlib run --params params/cpu_recipe/recipe.yaml``
-would, then scored with its TTA. Both arms train on the same images (the recipe's own
-train/validation split of the same seed), read through carlib's data pipeline, and are scored
-on the same held-out test images: the dataset's ``test-answers.csv`` when it has one (the
-embedded dataset does), else a stratified share of the labelled images (``test_split``) that
-neither arm ever sees. Each arm's CPU time is the process CPU time (all threads) from listing
-the data to the test predictions; wall time is measured beside it.
+would, then scored with its TTA. Both arms train on the same images (the recipe run's own
+splits of the same seed, :func:`carlib.data.splits.split_for_run`), read through carlib's data
+pipeline, and are scored on the same held-out test images: the dataset's labelled test set (a
+``test/`` folder, or ``test-answers.csv`` as the embedded dataset has) when it has one, else a
+stratified share of the labelled images (``test_split``) that neither arm ever sees. Each arm's
+CPU time is the process CPU time (all threads) from listing the data to the test predictions;
+wall time is measured beside it.
 
 These are benchmarks, not tests: the figures depend on the machine and its load.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import gc
-import hashlib
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -34,13 +32,11 @@ import pandas as pd
 from carlib.bench.machine import machine_description
 from carlib.config import ExperimentConfig, default_results_dir
 from carlib.data.embedded import embedded_data_dir
-from carlib.data.folders import ImageList, list_class_images, prepare_data, stratified_split
+from carlib.data.folders import prepare_data
+from carlib.data.splits import split_for_run
 from carlib.data.pipeline import eval_dataset, training_dataset
-from carlib.data.screen import screen_images
-from carlib.errors import ConfigError, DataError, TrainingError
+from carlib.errors import ConfigError, TrainingError
 from carlib.evaluate.predict import predict_images
-from carlib.evaluate.tta import tta_predict
-from carlib.models.build import load_model
 from carlib.studies.parameters import load_params_file
 from carlib.studies.stats import compare_top_two
 from carlib.train.experiment import run_experiment
@@ -81,71 +77,6 @@ def baseline_model(num_classes: int, image_size: int):
     ], name="plain_keras_cnn")
 
 
-# ------------------------------------------------------------------------------- data
-@dataclasses.dataclass(frozen=True)
-class _BenchData:
-    """The labelled images both arms train on (``dev_dir``) and the held-out test images."""
-
-    dev_dir: str
-    test: Any  # an ImageList with the class indices of dev_dir
-    test_source: str
-    class_names: tuple[str, ...]
-
-
-def _answered_test_images(answers: Path, test_dir: Path, class_names: Sequence[str]):
-    """The test images named in ``test-answers.csv`` (``Id,Category``), labelled with the training folders' indices."""
-    frame = pd.read_csv(answers, dtype=str)
-    if len(frame.columns) < 2:
-        raise DataError(f"{answers}: expected two columns (Id, Category), found {list(frame.columns)}.")
-    ids, categories = frame.iloc[:, 0].tolist(), frame.iloc[:, 1].str.strip().tolist()
-    unknown = sorted(set(categories) - set(class_names))
-    if unknown:
-        raise DataError(f"{answers}: categories {unknown[:5]} are not training class folders "
-                         f"({', '.join(class_names)}); fix the answers or remove the file to hold out a test split.")
-    screened = screen_images([test_dir / name for name in ids])
-    usable = set(screened.sources)
-    keep = [i for i, name in enumerate(ids) if str(test_dir / name) in usable]
-    if not keep:
-        raise DataError(f"{answers}: none of its {len(ids)} images under {test_dir} can be read.")
-    paths = dict(zip(screened.sources, screened.usable))
-    labels = np.asarray([class_names.index(categories[i]) for i in keep], dtype=np.int32)
-    return ImageList(tuple(paths[str(test_dir / ids[i])] for i in keep), labels, tuple(class_names))
-
-
-def _held_out_folder(images, dev_idx: np.ndarray, work_dir: Path) -> Path:
-    """A class-folder tree of symbolic links to the development images: what the recipe's run reads."""
-    if work_dir.exists():
-        shutil.rmtree(work_dir)  # links only: the images themselves are never touched
-    for index in dev_idx:
-        source = Path(images.source_paths[index]).resolve()
-        folder = work_dir / images.class_names[images.labels[index]]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{index:07d}_{source.name}").symlink_to(source)
-    return work_dir
-
-
-def _bench_data(data_dir: str | os.PathLike | None, test_split: float, results_dir: Path) -> _BenchData:
-    layout = prepare_data(data_dir)
-    images = list_class_images(layout.train_dir)
-    answers = layout.root / "test-answers.csv"
-    if answers.is_file() and layout.test_dir is not None:
-        test = _answered_test_images(answers, layout.test_dir, images.class_names)
-        return _BenchData(str(layout.root), test, f"{answers.name} ({len(test)} images)", images.class_names)
-    if not 0 < test_split < 1:
-        raise ConfigError(f"test_split={test_split!r} is out of range: {layout.root} has no test-answers.csv, so a "
-                         "share of its labelled images is held out as the test set; expected a fraction in (0, 1), "
-                         "e.g. 0.2.")
-    dev_idx, test_idx = stratified_split(images.labels, test_split, seed=0)  # one test set for every seed
-    too_small = [images.class_names[c] for c in np.unique(images.labels) if not np.any(images.labels[test_idx] == c)]
-    if too_small:
-        raise DataError(f"class(es) {', '.join(too_small)} have a single image: nothing can be held out for the "
-                         "test set. Add images to them, or remove them.")
-    digest = hashlib.sha1(f"{layout.train_dir.resolve()}|{test_split}".encode()).hexdigest()[:10]
-    dev_dir = _held_out_folder(images, dev_idx, results_dir / "recipe_bench" / "data" / f"dev-{digest}")
-    return _BenchData(str(dev_dir), images.subset(test_idx), f"held-out {test_split:g} of the labelled images "
-                      f"({len(test_idx)} images)", images.class_names)
-
-
 # ------------------------------------------------------------------------------- arms
 class _Clock:
     """Process CPU seconds (every thread) and wall seconds since creation."""
@@ -161,9 +92,9 @@ def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((np.argmax(probabilities, axis=1) == labels).mean())
 
 
-def _run_baseline(config, test, *, epochs: int, image_size: int, say: Callable[[str], None]) -> dict[str, Any]:
+def _run_baseline(config, *, epochs: int, image_size: int, say: Callable[[str], None]) -> dict[str, Any]:
     clock = _Clock()
-    data = prepare_run_data(config)  # the recipe run's own split of the same seed
+    data = prepare_run_data(config)  # the recipe run's own splits of the same seed, and the same test images
     keras.utils.set_random_seed(config.seed)
     batch = BASELINE["batch_size"]
     train_ds = training_dataset(data.train_images, image_size, batch, augmentation="none", seed=config.seed)
@@ -172,35 +103,28 @@ def _run_baseline(config, test, *, epochs: int, image_size: int, say: Callable[[
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=BASELINE["lr"]),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False, verbose=0)
+    test = data.test_images
     accuracy = _accuracy(predict_images(model, test, batch_size=batch), test.labels)  # the last weights
     cpu, wall = clock.read()
     say(f"baseline (seed {config.seed}): test accuracy {accuracy:.4f}, {cpu:.0f} CPU s, {wall:.0f} s")
-    return {"accuracy": accuracy, "cpu_s": cpu, "wall_s": wall, "n_train": len(data.train_images),
-            "n_val": len(data.val_images)}
+    return {"accuracy": accuracy, "cpu_s": cpu, "wall_s": wall, **data.splits.describe(),
+            "class_names": list(test.class_names)}
 
 
-def _run_recipe(config, test, *, say: Callable[[str], None]) -> dict[str, Any]:
+def _run_recipe(config, *, say: Callable[[str], None]) -> dict[str, Any]:
     clock = _Clock()
-    record = run_experiment(config)
+    record = run_experiment(config)  # scores its test set itself, with TTA when the recipe asks for it
     if record["status"] != "ok":
         raise TrainingError(f"the recipe's run {record['run_id']} failed: {record.get('error')}")
-    if list(record["data"]["class_names"]) != list(test.class_names):
-        raise TrainingError(f"the recipe trained on classes {record['data']['class_names']} but the test set has "
-                           f"{list(test.class_names)}")
-    model = load_model(record["checkpoint"]["best"], compile=False)
-    resolved = record["config"]
-    if resolved["tta_passes"]:
-        result = tta_predict(model, test, preset=resolved["tta_preset"], passes=resolved["tta_passes"],
-                             seed=config.seed, batch_size=resolved["batch_size"])
-        probabilities, plain = result.probabilities, result.per_pass[0]  # pass 0 is the un-augmented image
-    else:
-        probabilities = plain = predict_images(model, test, batch_size=resolved["batch_size"])
-    accuracy, accuracy_plain = _accuracy(probabilities, test.labels), _accuracy(plain, test.labels)
+    metrics = record["metrics"]
+    accuracy_plain = metrics["test_accuracy_best"]
+    accuracy = metrics.get("test_accuracy_tta") if record["config"]["tta_passes"] else accuracy_plain
     cpu, wall = clock.read()
     say(f"recipe (seed {config.seed}): test accuracy {accuracy:.4f} ({accuracy_plain:.4f} without TTA), "
         f"{cpu:.0f} CPU s, {wall:.0f} s; run {record['run_id']}")
     return {"accuracy": accuracy, "accuracy_no_tta": accuracy_plain, "cpu_s": cpu, "wall_s": wall,
-            "run_id": record["run_id"], "best_epoch": record["metrics"].get("best_epoch")}
+            "run_id": record["run_id"], "best_epoch": metrics.get("best_epoch"),
+            "class_names": record["data"]["class_names"]}
 
 
 def _warm_up() -> None:
@@ -242,30 +166,39 @@ def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 
         raise ConfigError(f"baseline_image_size={baseline_image_size!r} is out of range: expected an integer >= 32 "
                           "(three 3x3 convolutions and poolings need it).")
     params = dict(cpu_recipe() if recipe is None else recipe)
-    for key in ("data_dir", "seed", "results_dir", "study", "trial_id", "seeds"):
+    for key in ("data_dir", "seed", "results_dir", "study", "trial_id", "seeds", "test_split"):
         params.pop(key, None)  # the benchmark sets these itself
     store = Path(results_dir or default_results_dir()).expanduser().resolve()
-    base = ExperimentConfig.from_dict(params, study="recipe_bench", results_dir=str(store))  # bad values fail here
+    base = ExperimentConfig.from_dict(params, study="recipe_bench", results_dir=str(store), test_split=test_split,
+                                      data_dir=None if data_dir is None else str(data_dir))  # bad values fail here
     say = (lambda text: print(f"carlib bench recipe: {text}", flush=True)) if verbose else (lambda text: None)
 
-    data = _bench_data(data_dir, test_split, store)
-    say(f"{data.dev_dir}: {len(data.class_names)} classes; test set: {data.test_source}")
+    splits = split_for_run(prepare_data(base.data_dir), val_split=base.val_split, test_split=test_split, seed=seed)
+    if not len(splits.test):
+        raise ConfigError(f"test_split={test_split!r}: {splits.layout.root} has no labelled test images (a test/ "
+                          "folder or test-answers.csv), so a share of its labelled images is held out as the test "
+                          "set; expected a fraction in (0, 1), e.g. 0.2.")
+    say(f"{splits.layout.root}: {len(splits.images.class_names)} classes; test set: {splits.test_source} "
+        f"({len(splits.test)} images, the same for both arms and every seed)")
     _warm_up()
     baseline_rows, recipe_rows = [], []
     for offset in range(seeds):
-        config = base.replace(data_dir=data.dev_dir, seed=seed + offset)
-        arms = [("baseline", lambda: _run_baseline(config, data.test, epochs=baseline_epochs,
-                                                   image_size=baseline_image_size, say=say)),
-                ("recipe", lambda: _run_recipe(config, data.test, say=say))]
+        config = base.replace(seed=seed + offset)
+        arms = [("baseline", lambda: _run_baseline(config, epochs=baseline_epochs, image_size=baseline_image_size,
+                                                   say=say)),
+                ("recipe", lambda: _run_recipe(config, say=say))]
         for name, run in arms if offset % 2 == 0 else arms[::-1]:
             _release()
             (baseline_rows if name == "baseline" else recipe_rows).append(run())
+        if baseline_rows[-1]["class_names"] != recipe_rows[-1]["class_names"]:
+            raise TrainingError(f"the arms trained on different classes: {baseline_rows[-1]['class_names']} and "
+                                f"{recipe_rows[-1]['class_names']} (the dataset changed during the benchmark?)")
     _release()
-    return _figures(baseline_rows, recipe_rows, data, base, params, seeds=seeds, seed=seed, data_dir=data_dir,
+    return _figures(baseline_rows, recipe_rows, base, params, seeds=seeds, seed=seed, data_dir=data_dir,
                     baseline_epochs=baseline_epochs, baseline_image_size=baseline_image_size)
 
 
-def _figures(baseline_rows, recipe_rows, data: _BenchData, recipe_config, recipe_params, *, seeds: int, seed: int, data_dir,
+def _figures(baseline_rows, recipe_rows, recipe_config, recipe_params, *, seeds: int, seed: int, data_dir,
              baseline_epochs: int, baseline_image_size: int) -> list[dict[str, Any]]:
     def column(rows, key):
         return [float(row[key]) for row in rows]
@@ -275,11 +208,12 @@ def _figures(baseline_rows, recipe_rows, data: _BenchData, recipe_config, recipe
     embedded = data_dir is None or Path(data_dir).expanduser().resolve() == embedded_data_dir().resolve()
     context = {
         "dataset": "embedded" if embedded else str(Path(data_dir).expanduser().resolve()),
-        "test_set": data.test_source,
-        "num_classes": len(data.class_names),
+        "layout": baseline_rows[0]["layout"],
+        "test_set": baseline_rows[0]["test_source"],
+        "num_classes": len(baseline_rows[0]["class_names"]),
         "n_train": baseline_rows[0]["n_train"],
         "n_val": baseline_rows[0]["n_val"],
-        "n_test": len(data.test),
+        "n_test": baseline_rows[0]["n_test"],
         "seeds": seeds,
         "first_seed": seed,
         "baseline": (f"plain Keras CNN (Conv2D 32/64/128 + MaxPool, Dense 512, Dropout 0.5), RMSprop "
@@ -310,10 +244,10 @@ def _figures(baseline_rows, recipe_rows, data: _BenchData, recipe_config, recipe
 
 
 def verdict(figures: Sequence[Mapping[str, Any]]) -> str:
-    """One sentence: does the recipe beat the baseline (Welch's t-test across seeds) within its CPU time?"""
+    """Does the recipe beat the baseline on the test images (a paired verdict across seeds) within its CPU time?"""
     by_name = {f["figure"]: f for f in figures}
-    rows = [{"arm": arm, "status": "ok", "accuracy": value}
-            for arm in ("baseline", "recipe") for value in by_name[f"{arm}_accuracy"]["per_seed"]]
+    rows = [{"arm": arm, "seed": by_name[f"{arm}_accuracy"]["first_seed"] + i, "status": "ok", "accuracy": value}
+            for arm in ("baseline", "recipe") for i, value in enumerate(by_name[f"{arm}_accuracy"]["per_seed"])]
     comparison = compare_top_two(pd.DataFrame(rows), ["arm"], "accuracy")
     ratio = by_name["recipe_cpu_ratio"]["value"]
     budget = (f"The recipe used {ratio:.2f}x the baseline's CPU time "

@@ -1,4 +1,14 @@
-"""Finding the data: competition layout or plain class folders, and the stratified split."""
+"""Finding the data: the competition layout, a pre-split dataset or plain class folders; the stratified split.
+
+Three layouts are recognised (:func:`prepare_data`, ``DataLayout.kind``):
+
+- ``competition``: ``train.zip``/``train/`` of class folders and ``test.zip``/``test_upload/`` of
+  unlabelled test images listed by ``sample-submission.csv`` (the embedded dataset adds
+  ``test-answers.csv``, the test images' labels);
+- ``pre_split``: ``train/`` plus ``validation/`` (or ``val/``, ``valid/``) and/or ``test/``, each of
+  class folders (the layout most public datasets arrive in);
+- ``class_folders``: one sub-folder per class, nothing else.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +33,28 @@ __all__ = ["DataLayout", "ImageList", "ClassFolders", "prepare_data", "find_clas
 COMPETITION = "sf-dl-car-classification"
 
 
+VALIDATION_FOLDERS = ("validation", "val", "valid")  # names of a pre-split dataset's validation folder
+TEST_FOLDER = "test"
+ANSWERS_FILE = "test-answers.csv"
+
+
 @dataclasses.dataclass(frozen=True)
 class DataLayout:
-    """Where a dataset's parts are once extracted."""
+    """Where a dataset's parts are once extracted.
+
+    ``test_dir``: the competition's unlabelled test images (``test_upload/``); ``answers``: their
+    labels when the dataset ships them (``test-answers.csv``); ``val_dir``/``labelled_test_dir``: a
+    pre-split dataset's validation and test class folders.
+    """
 
     root: Path
     train_dir: Path
     test_dir: Path | None
     sample_submission: Path | None
+    kind: str = "class_folders"  # competition | pre_split | class_folders
+    val_dir: Path | None = None
+    labelled_test_dir: Path | None = None
+    answers: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +126,25 @@ def prepare_data(data_dir: str | os.PathLike | None = None) -> DataLayout:
     train_dir = base / "train" if (base / "train").is_dir() else root
     test_dir = next((d / "test_upload" for d in (root, extract_to) if (d / "test_upload").is_dir()), None)
     sample = root / "sample-submission.csv"
-    return DataLayout(root=root, train_dir=train_dir, test_dir=test_dir, sample_submission=sample if sample.is_file() else None)
+    answers = root / ANSWERS_FILE
+    val_dir = next((base / name for name in VALIDATION_FOLDERS if _holds_class_folders(base / name)), None)
+    labelled_test_dir = base / TEST_FOLDER if _holds_class_folders(base / TEST_FOLDER) else None
+    if train_dir != root and (val_dir or labelled_test_dir):
+        kind = "pre_split"
+    elif test_dir is not None or sample.is_file() or (root / "train.zip").is_file():
+        kind = "competition"
+    else:
+        kind = "class_folders"
+    return DataLayout(root=root, train_dir=train_dir, test_dir=test_dir,
+                      sample_submission=sample if sample.is_file() else None, kind=kind,
+                      val_dir=val_dir if kind == "pre_split" else None,
+                      labelled_test_dir=labelled_test_dir if kind == "pre_split" else None,
+                      answers=answers if answers.is_file() and test_dir is not None else None)
+
+
+def _holds_class_folders(path: Path) -> bool:
+    """Whether ``path`` is a folder with at least one visible sub-folder (a split of a pre-split dataset)."""
+    return path.is_dir() and any(p.is_dir() and not p.name.startswith((".", "__")) for p in path.iterdir())
 
 
 def _class_sort_key(name: str):
@@ -188,8 +230,13 @@ def empty_classes_message(folders: list[Path]) -> str:
             "Remove the folder or add images to it.")
 
 
-def list_class_images(train_dir: str | os.PathLike, *, screen: bool = True) -> ImageList:
+def list_class_images(train_dir: str | os.PathLike, *, screen: bool = True,
+                      class_names: tuple[str, ...] | None = None) -> ImageList:
     """Every usable image under ``train_dir/<class>/``, labelled by folder (classes in numeric/alphabetical order).
+
+    ``class_names``: the classes of another split (a pre-split dataset's training folders), which
+    labels these images by name: a folder that is not one of them is an error, and a class may be
+    missing here (a small validation folder).
 
     Class folders are found by :func:`find_class_folders`. With ``screen`` (the default) every
     file is checked before TensorFlow sees it (:func:`carlib.data.screen.screen_images`,
@@ -199,9 +246,14 @@ def list_class_images(train_dir: str | os.PathLike, *, screen: bool = True) -> I
     is a class folder without a usable image (it would shift the class indices).
     """
     found = find_class_folders(train_dir)
+    unknown = [f.name for f in found.folders if class_names is not None and f.name not in class_names]
+    if unknown:
+        raise DataError(f"{str(found.root)!r} has class folder(s) {', '.join(map(repr, unknown))} that the training "
+                        f"folders do not have ({', '.join(class_names)}): every split needs the same class names.")
     skipped = list(found.skipped)
     paths, sources, labels, empty = [], [], [], []
-    for label, (folder, files) in enumerate(zip(found.folders, found.files)):
+    for index, (folder, files) in enumerate(zip(found.folders, found.files)):
+        label = index if class_names is None else class_names.index(folder.name)
         if screen:
             result = screen_images(files)
             skipped.extend(result.unusable)
@@ -225,9 +277,10 @@ def list_class_images(train_dir: str | os.PathLike, *, screen: bool = True) -> I
             f"no images found under {str(found.root)!r}: expected one sub-folder per class holding "
             f"{'/'.join(sorted(IMAGE_EXTENSIONS))} files (e.g. train/0/001.jpg)."
         )
-    if empty:
+    if empty and class_names is None:  # in another split an empty class shifts nothing: it is only missing
         raise DataError(empty_classes_message(empty))
-    return ImageList(tuple(paths), np.asarray(labels, dtype=np.int32), tuple(f.name for f in found.folders),
+    names = tuple(class_names) if class_names is not None else tuple(f.name for f in found.folders)
+    return ImageList(tuple(paths), np.asarray(labels, dtype=np.int32), names,
                      tuple(path for path, _ in skipped), tuple(skipped), found.ignored,
                      tuple(sources) if sources != paths else ())
 

@@ -15,12 +15,12 @@ __all__ = ["records_to_frame", "LEADING_COLUMNS", "COMPACT_COLUMNS"]
 
 # Columns that lead the combined table, in this order; the rest follow alphabetically.
 LEADING_COLUMNS = ["run_id", "study", "status", "started_at", "backbone", "image_size", "lr", "schedule",
-                   "augmentation", "val_split", "seed", "epochs", "val_accuracy_best", "val_accuracy_last",
-                   "best_epoch"]
+                   "augmentation", "val_split", "seed", "epochs", "test_accuracy_best", "test_accuracy_last",
+                   "val_accuracy_best", "val_accuracy_last", "best_epoch"]
 # The columns `carlib results` and the report show by default: the leading ones identify and score each run.
 COMPACT_COLUMNS = ("run_id", "study", "status", "backbone", "image_size", "lr", "schedule", "augmentation",
-                   "val_split", "seed", "epochs", "val_accuracy_best", "val_accuracy_last", "best_epoch", "total_s",
-                   "error")
+                   "val_split", "seed", "epochs", "test_accuracy_best", "test_accuracy_last", "val_accuracy_best",
+                   "best_epoch", "total_s", "error")
 
 
 def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -35,8 +35,8 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         }
         row.update({k: _cell(v) for k, v in record.get("config", {}).items() if k in PARAMETER_NAMES})
         row.update({k: _cell(v) for k, v in record.get("metrics", {}).items()})
-        row.update({k: v for k, v in record.get("data", {}).items() if k in ("n_train", "n_val", "num_classes", "n_skipped",
-                                                                            "n_converted")})
+        row.update({k: v for k, v in record.get("data", {}).items()
+                    if k in ("n_train", "n_val", "n_test", "num_classes", "n_skipped", "n_converted")})
         row.update({f"{k}": v for k, v in record.get("timings", {}).items() if k in ("total_s", "fit_s", "epoch_s")})
         # How the run computed (issue 4): the resolved strategy, replicas, global batch and precision.
         row.update({k: v for k, v in record.get("training", {}).items()

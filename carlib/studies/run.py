@@ -12,7 +12,7 @@ from carlib.data.folders import list_class_images, prepare_data, sample_images
 from carlib.errors import ConfigError
 from carlib.records.store import load_results
 from carlib.studies.specs import get_study
-from carlib.studies.stats import Comparison, compare_top_two, summarize
+from carlib.studies.stats import MIN_EFFECT, Verdict, compare_top_two, summarize
 
 __all__ = ["run_study", "study_config", "study_summary", "study_verdict", "augmentation_samples"]
 
@@ -43,20 +43,23 @@ def run_study(study: str, *, seeds: int = 1, **params: Any) -> list[dict[str, An
     return [run_experiment(base.replace(seed=base.seed + i)) for i in range(seeds)]
 
 
-def study_summary(study: str, results_dir: str | None = None, metric: str | None = None) -> pd.DataFrame:
-    """The summary of every finished run of ``study`` in the store, grouped by its scientific parameters.
+def study_summary(study: str, results_dir: str | None = None) -> pd.DataFrame:
+    """The summary of every run of ``study`` in the store, grouped by its scientific parameters.
 
-    Columns: n, mean, std and 95% CI of ``metric`` (default: the study's own) across seeds,
-    min, max, and the study's extra figures averaged (``<name>_mean``); best configuration first.
+    Columns: n finished and n_failed runs, mean, std and 95 % CI of the study's primary metric (a
+    held-out test figure) across seeds, min, max, and the study's other figures averaged
+    (``<name>_mean``); best configuration first. ``summary.attrs["metric"]`` names the metric.
     """
     spec = get_study(study)
-    return summarize(load_results(results_dir, study=study), spec.scientific, metric or spec.metric, spec.extra)
+    return summarize(load_results(results_dir, study=study), spec.scientific, spec.metric, spec.extra)
 
 
-def study_verdict(study: str, results_dir: str | None = None, metric: str | None = None) -> Comparison:
-    """Whether the study's best configuration is distinguishable from the runner-up (Welch's t-test across seeds)."""
+def study_verdict(study: str, results_dir: str | None = None, *, min_effect: float = MIN_EFFECT) -> Verdict:
+    """Is the study's best configuration better than the runner-up? A paired verdict on the study's primary metric
+    (:func:`carlib.studies.stats.compare_top_two`), with a seed plan sized for ``min_effect``."""
     spec = get_study(study)
-    return compare_top_two(load_results(results_dir, study=study), spec.scientific, metric or spec.metric)
+    return compare_top_two(load_results(results_dir, study=study), spec.scientific, spec.metric,
+                           min_effect=min_effect)
 
 
 def augmentation_samples(augmentation: str, *, data_dir: str | None = None, image_size: int = 64,

@@ -145,8 +145,8 @@ def _start_run(data: RunData, runtime: Runtime, clock: _Clock) -> _Run:
             "train_dir": str(data.train_dir),
             "num_classes": data.num_classes,
             "class_names": list(images.class_names),
-            "n_train": len(data.train_images),
-            "n_val": len(data.val_images),
+            # the three splits: where each came from (the test set is the same for every seed)
+            **data.splits.describe(),
             # What the run was trained on: every file and folder left out, with the reason (issue 7).
             "n_skipped": len(images.skipped),
             "skipped": [{"path": path, "reason": reason} for path, reason in images.skip_reasons],
@@ -163,7 +163,8 @@ def _start_run(data: RunData, runtime: Runtime, clock: _Clock) -> _Run:
         **environment_info(gpus=gpu_names()),
     )
     print(f"carlib run {run_id}: {config.backbone} @ {config.image_size}px, lr={config.lr:g} ({config.schedule}), "
-          f"augmentation={config.augmentation}, {len(data.train_images)} train / {len(data.val_images)} val images, "
+          f"augmentation={config.augmentation}, {len(data.train_images)} train / {len(data.val_images)} val / "
+          f"{len(data.test_images)} test images, "
           f"best checkpoint monitors {data.monitor}; finetune={config.finetune}, {runtime.strategy_name} strategy "
           f"x{runtime.replicas}, {runtime.precision_policy}", flush=True)
     return _Run(store, run_id, run_dir, record, backup, state, history=list(state.history) if state else [])
@@ -227,12 +228,15 @@ def _fit_stages(setup: TrainingSetup, run: _Run, callbacks: list[keras.callbacks
 
 
 def _evaluate(setup: TrainingSetup, run: _Run) -> dict[str, Any]:
-    """The best checkpoint and the last weights on the clean validation set (R4), TTA if asked, and throughput."""
-    config, history = setup.config, run.history
+    """The best checkpoint and the last weights on the clean validation and test sets (R4), TTA if asked, and
+    throughput. Validation picked the checkpoint; the test set, which nothing else saw, scores it."""
+    config, history, data = setup.config, run.history, setup.data
     best_path = run.run_dir / "best.keras"
-    metrics = _checkpoint_metrics(setup.model, best_path, setup.val_ds, history, setup.data.monitor)
-    if config.tta_passes and setup.data.has_val:
-        metrics.update(_tta_metrics(best_path, setup.data.val_images, config))
+    metrics = _checkpoint_metrics(setup.model, best_path, {"val": setup.val_ds, "test": setup.test_ds}, history,
+                                  data.monitor)
+    if config.tta_passes:
+        for split, images in (("val", data.val_images), ("test", data.test_images)):
+            metrics.update(_tta_metrics(best_path, images, config, split))
     metrics["param_count"] = int(setup.model.count_params())
     # Throughput from the median epoch (the first one includes tracing), training part only.
     train_time = float(np.median([row["train_time_s"] for row in history])) if history else None
@@ -293,8 +297,11 @@ def _evaluate_dataset(model: keras.Model, dataset) -> dict[str, float]:
     return {k: float(v) for k, v in values.items()}
 
 
-def _checkpoint_metrics(model, best_path: Path, val_ds, history, monitor) -> dict[str, Any]:
-    """Evaluate the last weights and the best checkpoint on the clean validation set (R4)."""
+def _checkpoint_metrics(model, best_path: Path, datasets: dict[str, Any], history, monitor) -> dict[str, Any]:
+    """Evaluate the last weights and the best checkpoint on the clean validation and test sets (R4).
+
+    ``datasets`` maps ``val`` and ``test`` to their dataset, or ``None`` when the run has no such split.
+    """
     metrics: dict[str, Any] = {"checkpoint_monitor": monitor}
     # A diverged epoch can still score (an exploded model predicts one class): only finite-loss epochs count.
     finite = [row for row in history
@@ -304,38 +311,43 @@ def _checkpoint_metrics(model, best_path: Path, val_ds, history, monitor) -> dic
     if history:
         metrics["train_accuracy_last"] = history[-1].get("accuracy")
         metrics["train_loss_last"] = history[-1].get("loss")
-    if val_ds is None:
-        metrics.update(val_accuracy_best=None, val_loss_best=None, val_accuracy_last=None, val_loss_last=None)
-        return metrics
-    _evaluate_dataset(model, val_ds.take(1))  # warm-up, so the timed pass below measures throughput, not tracing
-    started = time.perf_counter()
-    last = _evaluate_dataset(model, val_ds)
-    metrics["_eval_s"] = time.perf_counter() - started
-    metrics.update(val_accuracy_last=last["accuracy"], val_loss_last=last["loss"])
+    best_model = None
     if best_path.is_file():
         # carlib's loader (hub: models); no optimizer: a mixed-precision file's LossScaleOptimizer
         # state would not load into the plain optimizer Keras rebuilds, with a warning each run.
         best_model = load_model(best_path, compile=False)
         best_model.compile(loss=model.loss, metrics=["accuracy"])
-        best = _evaluate_dataset(best_model, val_ds)
-        metrics.update(val_accuracy_best=best["accuracy"], val_loss_best=best["loss"])
-    else:  # no finite epoch was ever checkpointed
-        metrics.update(val_accuracy_best=None, val_loss_best=None)
+    for split, dataset in datasets.items():
+        metrics.update({f"{split}_{name}": None for name in ("accuracy_best", "loss_best", "accuracy_last",
+                                                             "loss_last")})
+        if dataset is None:
+            continue
+        if split == "val":  # warm-up, so the timed pass below measures throughput, not tracing
+            _evaluate_dataset(model, dataset.take(1))
+        started = time.perf_counter()
+        last = _evaluate_dataset(model, dataset)
+        if split == "val":
+            metrics["_eval_s"] = time.perf_counter() - started
+        metrics.update({f"{split}_accuracy_last": last["accuracy"], f"{split}_loss_last": last["loss"]})
+        if best_model is not None:  # else no finite epoch was ever checkpointed
+            best = _evaluate_dataset(best_model, dataset)
+            metrics.update({f"{split}_accuracy_best": best["accuracy"], f"{split}_loss_best": best["loss"]})
     return metrics
 
 
-def _tta_metrics(best_path: Path, val_images, config: ExperimentConfig) -> dict[str, Any]:
-    """The best checkpoint's validation accuracy with TTA, and whether the passes really differed (R20)."""
-    if not best_path.is_file():
-        return {"val_accuracy_tta": None}
-    result = tta_predict(load_model(best_path), val_images, preset=config.tta_preset, passes=config.tta_passes,
+def _tta_metrics(best_path: Path, images, config: ExperimentConfig, split: str) -> dict[str, Any]:
+    """The best checkpoint's accuracy on ``split`` with TTA, and (on validation) whether the passes really differed
+    (R20)."""
+    if not best_path.is_file() or not len(images):
+        return {f"{split}_accuracy_tta": None}
+    result = tta_predict(load_model(best_path), images, preset=config.tta_preset, passes=config.tta_passes,
                          seed=config.seed, batch_size=config.batch_size)
-    return {
-        "val_accuracy_tta": float((result.predictions == val_images.labels).mean()),
-        "tta_changed_images": int(result.diagnostics.n_changed),
-        "tta_mean_spread": float(result.diagnostics.mean_spread),
-        "tta_identical_passes": bool(result.diagnostics.identical_passes),
-    }
+    metrics = {f"{split}_accuracy_tta": float((result.predictions == images.labels).mean())}
+    if split == "val":
+        metrics.update(tta_changed_images=int(result.diagnostics.n_changed),
+                       tta_mean_spread=float(result.diagnostics.mean_spread),
+                       tta_identical_passes=bool(result.diagnostics.identical_passes))
+    return metrics
 
 
 def _print_summary(record: dict[str, Any]) -> None:
@@ -345,5 +357,6 @@ def _print_summary(record: dict[str, Any]) -> None:
         return "n/a" if value is None else f"{value:.4f}"
 
     print(f"carlib run {record['run_id']} {record['status']}: val_accuracy best={fmt(m.get('val_accuracy_best'))} "
-          f"(epoch {m.get('best_epoch')}), last={fmt(m.get('val_accuracy_last'))}; "
+          f"(epoch {m.get('best_epoch')}), last={fmt(m.get('val_accuracy_last'))}; test_accuracy "
+          f"best={fmt(m.get('test_accuracy_best'))}, last={fmt(m.get('test_accuracy_last'))}; "
           f"{record['timings']['total_s']:.0f} s; files in {record['run_dir']}", flush=True)

@@ -13,8 +13,9 @@ from typing import Any
 import keras
 
 from carlib.config import ExperimentConfig
-from carlib.data.folders import ImageList, list_class_images, prepare_data, stratified_split
+from carlib.data.folders import ImageList, prepare_data
 from carlib.data.pipeline import eval_dataset, resolve_cache, training_dataset
+from carlib.data.splits import RunSplits, split_for_run
 from carlib.models.build import build_model
 from carlib.train.runtime import Runtime, dtype_policy, resolve_runtime
 from carlib.train.schedules import LearningRateController
@@ -26,14 +27,40 @@ __all__ = ["RunData", "prepare_run_data", "make_datasets", "build_run_model", "T
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
-    """A run's resolved config and its split of the training images."""
+    """A run's resolved config and its splits: training, validation (picks the checkpoint), test (scores the run)."""
 
     config: ExperimentConfig  # resolved: image size, data_dir, results_dir filled in
-    root: Path
-    train_dir: Path
-    images: ImageList
-    train_images: ImageList
-    val_images: ImageList
+    splits: RunSplits
+
+    @property
+    def root(self) -> Path:
+        """The dataset's folder."""
+        return self.splits.layout.root
+
+    @property
+    def train_dir(self) -> Path:
+        """The folder of the training class folders."""
+        return self.splits.layout.train_dir
+
+    @property
+    def images(self) -> ImageList:
+        """Every usable image of the training folders (before any split), with what was skipped."""
+        return self.splits.images
+
+    @property
+    def train_images(self) -> ImageList:
+        """The images the run trains on."""
+        return self.splits.train
+
+    @property
+    def val_images(self) -> ImageList:
+        """The validation images: they pick the best checkpoint (never augmented)."""
+        return self.splits.val
+
+    @property
+    def test_images(self) -> ImageList:
+        """The held-out test images: the same for every seed; they only score the run."""
+        return self.splits.test
 
     @property
     def num_classes(self) -> int:
@@ -44,13 +71,19 @@ class RunData:
     def cache_modes(self) -> dict[str, str]:
         """Where each split's decoded images are cached ("memory", "disk" or "none"), decided once per run."""
         size, requested = self.config.image_size, self.config.data_cache
-        return {"train": resolve_cache(len(self.train_images), size, requested),
-                "val": resolve_cache(len(self.val_images), size, requested)}
+        return {name: resolve_cache(len(images), size, requested)
+                for name, images in (("train", self.train_images), ("val", self.val_images),
+                                     ("test", self.test_images))}
 
     @property
     def has_val(self) -> bool:
-        """Whether the split left any validation images (``val_split > 0``)."""
+        """Whether the run has validation images (``val_split > 0`` or a validation folder)."""
         return len(self.val_images) > 0
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the run has held-out test images."""
+        return len(self.test_images) > 0
 
     @property
     def monitor(self) -> str:
@@ -59,35 +92,37 @@ class RunData:
 
 
 def prepare_run_data(config: ExperimentConfig) -> RunData:
-    """Seed everything, find the data, split it (stratified by ``seed``) and resolve the config.
+    """Seed everything, find the data, split it (:func:`carlib.data.splits.split_for_run`) and resolve the config.
 
     (``deterministic`` is applied around the whole run by :func:`carlib.train.runtime.op_determinism`.)
     """
     keras.utils.set_random_seed(config.seed)
     layout = prepare_data(config.data_dir)
-    images = list_class_images(layout.train_dir)
-    train_idx, val_idx = stratified_split(images.labels, config.val_split, config.seed)
-    resolved = config.replace(data_dir=str(layout.root)).resolved()
-    return RunData(resolved, layout.root, layout.train_dir, images, images.subset(train_idx), images.subset(val_idx))
+    splits = split_for_run(layout, val_split=config.val_split, test_split=config.test_split, seed=config.seed)
+    return RunData(config.replace(data_dir=str(layout.root)).resolved(), splits)
 
 
 def make_datasets(data: RunData, runtime: Runtime):
-    """The training dataset (augmented, shuffled) and the validation dataset (never augmented, or None).
+    """The training dataset (augmented, shuffled), the validation and the test datasets (never augmented, or None).
 
-    Both are batched with the global batch size; the strategy splits each batch over replicas.
+    All are batched with the global batch size; the strategy splits each batch over replicas.
     """
     config = data.config
     batch = runtime.global_batch_size(config.batch_size)
     train_ds = training_dataset(data.train_images, config.image_size, batch, augmentation=config.augmentation,
                                 seed=config.seed, cache=data.cache_modes["train"])
-    val_ds = None
-    if data.has_val:
-        val_ds = eval_dataset(data.val_images, config.image_size, batch, cache=data.cache_modes["val"])
-    return train_ds, val_ds
+    val_ds, test_ds = (eval_dataset(images, config.image_size, batch, cache=data.cache_modes[name]) if len(images)
+                       else None for name, images in (("val", data.val_images), ("test", data.test_images)))
+    return train_ds, val_ds, test_ds
 
 
 def build_run_model(config: ExperimentConfig, num_classes: int, runtime: Runtime) -> keras.Model:
-    """The model of a resolved config, built under the run's precision policy and strategy."""
+    """The model of a resolved config, built under the run's precision policy and strategy.
+
+    The global seed is set again right before, so runs of one architecture that share a ``seed``
+    start from the same weights whatever else differs (paired comparisons, docs/training.md).
+    """
+    keras.utils.set_random_seed(config.seed)
     with dtype_policy(runtime.precision_policy), runtime.strategy.scope():
         return build_model(config.backbone, num_classes, config.image_size, weights=config.weights,
                            dropout=config.dropout, bn_mode=config.bn_mode, hidden_units=config.head_hidden_units,
@@ -104,6 +139,7 @@ class TrainingSetup:
     runtime: Runtime
     train_ds: Any
     val_ds: Any
+    test_ds: Any
     model: keras.Model
     stages: list[Stage]
     schedule: LearningRateController
@@ -126,10 +162,10 @@ def prepare_training(config: ExperimentConfig) -> TrainingSetup:
 
 def build_training(data: RunData, runtime: Runtime) -> TrainingSetup:
     """The datasets, the schedule and the model of a run whose data and runtime are ready (see :func:`prepare_training`)."""
-    train_ds, val_ds = make_datasets(data, runtime)
+    train_ds, val_ds, test_ds = make_datasets(data, runtime)
     model = build_run_model(data.config, data.num_classes, runtime)
     stages = finetune_stages(data.config)
     # plateau watches the validation loss, or the training loss without a validation set
     schedule = LearningRateController(data.config, monitor="val_loss" if data.has_val else "loss")
     first_stage = enter_stage(model, stages[0], data.config, runtime, schedule)
-    return TrainingSetup(data, runtime, train_ds, val_ds, model, stages, schedule, first_stage)
+    return TrainingSetup(data, runtime, train_ds, val_ds, test_ds, model, stages, schedule, first_stage)

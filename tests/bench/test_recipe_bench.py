@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -47,27 +46,6 @@ def test_baseline_is_the_plain_keras_cnn():
     assert model.output_shape == (None, 6)
 
 
-def test_the_embedded_layout_is_scored_on_its_answered_test_images(tiny_data_dir, results_dir):
-    data = recipe_bench._bench_data(tiny_data_dir, 0.2, Path(results_dir))
-    assert data.test_source.startswith("test-answers.csv")
-    assert len(data.test) == 20  # every test image of the tiny dataset, labelled from its answers
-    assert data.test.class_names == data.class_names
-    answers = dict(line.split(",") for line in (Path(tiny_data_dir) / "test-answers.csv").read_text().split()[1:])
-    for path, label in zip(data.test.paths, data.test.labels):
-        assert data.class_names[label] == answers[Path(path).name]
-
-
-def test_class_folders_get_a_held_out_test_split_that_training_never_sees(class_folders, results_dir):
-    data = recipe_bench._bench_data(class_folders, 0.25, Path(results_dir))
-    everything = list_class_images(class_folders)
-    developed = list_class_images(data.dev_dir)
-    assert len(developed) + len(data.test) == len(everything)
-    trained_on = {Path(p).resolve() for p in developed.paths}
-    assert not trained_on & {Path(p).resolve() for p in data.test.paths}
-    assert developed.class_names == data.test.class_names == everything.class_names
-    assert set(np.unique(data.test.labels)) == set(range(len(everything.class_names)))  # stratified
-
-
 def test_recipe_benchmark_returns_every_figure(class_folders, results_dir):
     figures = recipe_bench.recipe_benchmark(class_folders, recipe={**recipe_bench.cpu_recipe(), **TINY},
                                             baseline_epochs=1, baseline_image_size=32, test_split=0.25,
@@ -89,6 +67,7 @@ def test_recipe_benchmark_returns_every_figure(class_folders, results_dir):
     assert len(first["recipe_runs"]) == 1 and (Path(results_dir) / "records").is_dir()
     text = recipe_bench.format_figures(figures)
     assert "verdict: no comparison possible yet" in text and "machine:" in text and "baseline_accuracy" in text
+    assert first["test_set"] == "0.25 of the labelled images, held out with data seed 0"
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -102,9 +81,9 @@ def test_bad_arguments_fail_before_any_training(kwargs, message, results_dir):
         recipe_bench.recipe_benchmark(Path("/nonexistent"), results_dir=results_dir, verbose=False, **kwargs)
 
 
-def test_a_test_split_is_needed_without_answers(class_folders, results_dir):
-    with pytest.raises(ValueError, match=r"test_split=0 is out of range: .* has no test-answers.csv"):
-        recipe_bench._bench_data(class_folders, 0, Path(results_dir))
+def test_a_test_split_is_needed_without_labelled_test_images(class_folders, results_dir):
+    with pytest.raises(ConfigError, match=r"test_split=0: .* has no labelled test images"):
+        recipe_bench.recipe_benchmark(class_folders, test_split=0, results_dir=results_dir, verbose=False)
 
 
 def test_command_line_errors_are_one_clear_line(tmp_path, capsys):

@@ -209,7 +209,8 @@ def test_short_training_on_the_hostile_dataset_skips_and_records_every_bad_file(
         assert path in warned, path
     data = record["data"]
     assert data["num_classes"] == 3 and data["class_names"] == ["0", "1", "2"]
-    assert data["n_train"] + data["n_val"] == sum(hostile["train_usable"].values())
+    assert data["n_train"] + data["n_val"] + data["n_test"] == sum(hostile["train_usable"].values())
+    assert data["test_source"].endswith("held out with data seed 0")  # no labelled test images: carved
     assert data["n_skipped"] == len(hostile["bad"])
     assert {item["path"]: item["reason"] for item in data["skipped"]}.keys() == hostile["bad"].keys()
     assert {item["path"] for item in data["ignored"]} == set(hostile["ignored"])

@@ -35,9 +35,10 @@ def test_summary_ignores_failed_runs_and_ranks_by_mean():
         "status": ["ok", "ok", "ok", "failed"],
         "lr": [0.1, 0.1, 0.01, 0.01],
         "schedule": ["constant"] * 4,
-        "val_accuracy_best": [0.5, 0.7, 0.8, 0.99],
+        "test_accuracy_best": [0.5, 0.7, 0.8, 0.99],
     })
     summary = summarize(frame, ["lr", "schedule"])
+    assert summary["n_failed"].tolist() == [1, 0]
     assert list(summary.index.get_level_values("lr")) == [0.01, 0.1]
     assert summary.loc[(0.01, "constant"), "n"] == 1 and summary.loc[(0.01, "constant"), "mean"] == 0.8
     assert summary.loc[(0.1, "constant"), "std"] == pytest.approx(0.1414, abs=1e-4)
