@@ -72,6 +72,10 @@ class DatasetReport:
     train_test_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     n_test_images: int = 0
     missing_test_files: list[str] = dataclasses.field(default_factory=list)
+    layout: str | None = None  # competition | pre_split | class_folders
+    split_dirs: dict[str, str] = dataclasses.field(default_factory=dict)  # a pre-split dataset's validation and test
+    split_counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # split -> class -> images
+    cross_split_duplicates: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
     unlisted_test_files: list[str] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
@@ -92,15 +96,27 @@ class DatasetReport:
         for key in ("unusable", "ignored", "converted"):
             data[key] = [{"path": p, "reason": r} for p, r in getattr(self, key)]
         data["train_test_duplicates"] = [{"train": a, "test": b} for a, b in self.train_test_duplicates]
+        data["cross_split_duplicates"] = [{"split": a, "path": p, "other_split": b, "other_path": q}
+                                          for a, p, b, q in self.cross_split_duplicates]
         data["usable"] = self.usable
         data["n_train_images"] = self.n_train_images
         return data
 
     def to_text(self) -> str:
         """A readable report: verdict, classes, sizes, duplicates, then every problem file with its reason."""
-        lines = [f"dataset check: {self.path}"]
+        lines = [f"dataset check: {self.path}" + (f" ({self.layout} layout)" if self.layout else "")]
         lines.append("verdict: usable for training" if self.usable
                      else f"verdict: NOT usable for training ({len(self.errors)} error(s) below)")
+        if len(self.split_counts) > 1:  # a pre-split dataset: images per class in each split
+            splits = list(self.split_counts)
+            lines.append("splits: " + ", ".join(f"{s} {sum(self.split_counts[s].values())} images" +
+                                                (f" ({self.split_dirs[s]})" if s in self.split_dirs else "")
+                                                for s in splits))
+            names = list(dict.fromkeys(n for counts in self.split_counts.values() for n in counts))
+            width = max(len(n) for n in names)
+            lines.append(f"  {'class':>{width}}  " + "  ".join(f"{s:>10}" for s in splits))
+            lines += [f"  {n:>{width}}  " + "  ".join(f"{self.split_counts[s].get(n, 0):>10d}" for s in splits)
+                      for n in names]
         if self.class_counts:
             lines.append(f"train: {self.train_dir}: {len(self.class_counts)} classes, {self.n_train_images} usable "
                          f"images ({len(self.unusable)} unusable files in all, {len(self.converted)} read through a "
@@ -131,6 +147,8 @@ class DatasetReport:
                                                                       for g in self.conflicting_groups]),
             ("train/test duplicates (identical bytes)",
              [(f"{a} = {b}", "leak") for a, b in self.train_test_duplicates]),
+            ("duplicates across splits (identical bytes)",
+             [(f"{p} ({a}) = {q} ({b})", "leak") for a, p, b, q in self.cross_split_duplicates]),
         ]
         for title, items in sections:
             if items:
@@ -213,9 +231,51 @@ def check_dataset(path: str | os.PathLike | None = None) -> DatasetReport:
                 report.train_test_duplicates.append((train_path, info.path))
         if layout.sample_submission is not None:
             _check_sample_submission(report, layout.sample_submission, layout.test_dir, files)
+    _check_labelled_splits(report, layout, hashes)
     report.unusable.sort()
     _verdict(report, found, empty)
     return report
+
+
+def _check_labelled_splits(report: DatasetReport, layout, train_hashes: dict[str, list[tuple[str, str]]]) -> None:
+    """A pre-split dataset's validation and test class folders: images per class, unusable files, and duplicates
+    across splits (identical bytes in two splits make the held-out figures optimistic)."""
+    report.layout = layout.kind
+    report.split_counts = {"train": dict(report.class_counts)}
+    seen = {"train": train_hashes}
+    for split, folder in (("validation", layout.val_dir), ("test", layout.labelled_test_dir)):
+        if folder is None:
+            continue
+        report.split_dirs[split] = str(folder)
+        found = find_class_folders(folder)
+        report.unusable += list(found.skipped)
+        report.ignored += list(found.ignored)
+        unknown = [f.name for f in found.folders if f.name not in report.class_counts]
+        if unknown:
+            report.errors.append(f"the {folder.name}/ split has class folder(s) {', '.join(map(repr, unknown))} that "
+                                 f"train/ does not have: every split needs the training folders' class names.")
+        hashes: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+        counts, infos = {}, []
+        for class_folder, files in zip(found.folders, found.files):
+            screened = screen_images(files, with_hashes=True)
+            report.unusable += screened.unusable
+            counts[class_folder.name] = len(screened.usable)
+            for source in screened.sources:
+                info = screened.infos[source]
+                infos.append(info)
+                if info.convert:
+                    report.converted.append((source, info.convert))
+                if info.sha1:
+                    hashes[info.sha1].append((class_folder.name, source))
+        report.split_counts[split] = {name: counts.get(name, 0) for name in report.class_counts} | \
+            {name: n for name, n in counts.items() if name not in report.class_counts}
+        report.sizes[split] = _size_summary(infos)
+        for other, other_hashes in seen.items():
+            for sha1, members in hashes.items():
+                for _, first in other_hashes.get(sha1, []):
+                    for _, second in members:
+                        report.cross_split_duplicates.append((other, first, split, second))
+        seen[split] = hashes
 
 
 def _check_sample_submission(report: DatasetReport, sample: Path, test_dir: Path, files: list[Path]) -> None:
@@ -256,6 +316,14 @@ def _verdict(report: DatasetReport, found, empty: list[Path]) -> None:
     if report.train_test_duplicates:
         report.warnings.append(f"{len(report.train_test_duplicates)} test image(s) are byte-identical to training "
                                "images (listed above).")
+    if report.cross_split_duplicates:
+        report.warnings.append(f"{len(report.cross_split_duplicates)} image(s) appear in two splits (listed above): "
+                               "the held-out figures are optimistic by that much; remove one copy of each.")
+    for split, counts in report.split_counts.items():
+        missing = [name for name, n in counts.items() if not n]
+        if split != "train" and missing:
+            report.warnings.append(f"the {split} split has no images of class(es) {', '.join(missing)}: its figures "
+                                   "say nothing about them.")
     within = sum(len(g) - 1 for g in report.duplicate_groups)
     if within:
         report.warnings.append(f"{within} training image(s) are copies of others: with a validation split, copies "

@@ -22,7 +22,7 @@ from carlib.errors import ConfigError, DataError
 from carlib.train.runtime import op_determinism
 from carlib.train.setup import prepare_training
 
-__all__ = ["LRFindResult", "lr_find", "lr_find_for_config", "steepest_suggestion", "valley_suggestion"]
+__all__ = ["LRFindResult", "lr_find", "lr_find_for_config", "steepest_suggestion", "valley_suggestion", "descent"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +55,54 @@ def _trimmed(lrs: np.ndarray, losses: np.ndarray, skip_end: int = 5) -> tuple[np
     return lrs, losses
 
 
-def steepest_suggestion(lrs: np.ndarray, losses: np.ndarray) -> float | None:
-    """The LR where the smoothed loss falls fastest against log(LR)."""
-    lrs, losses = _trimmed(np.asarray(lrs, float), np.asarray(losses, float))
-    if len(losses) < 3:
+# The flat start ends where the loss has fallen by this share of its whole fall (plateau level to minimum).
+FLAT_START_SHARE = 0.1
+
+
+def descent(lrs: np.ndarray, losses: np.ndarray) -> tuple[int, int] | None:
+    """The steps ``(start, end)`` where the loss actually falls: from the last step of the flat start to the minimum.
+
+    The flat start (tiny LRs: nothing learns yet, and the smoothed loss of the first steps is noise)
+    ends at the last step whose loss is still within :data:`FLAT_START_SHARE` of the fall from the
+    plateau level (the median of the first tenth of the curve) to the minimum. ``None`` when the loss
+    never falls below its plateau.
+    """
+    n = len(losses)
+    if n < 3:
         return None
+    end = int(np.argmin(losses))
+    plateau = float(np.median(losses[:max(3, n // 10)]))
+    fall = plateau - float(losses[end])
+    if fall <= 0:
+        return None
+    still_flat = np.flatnonzero(losses[:end] >= plateau - FLAT_START_SHARE * fall)
+    start = int(still_flat[-1]) if still_flat.size else 0
+    return (start, end) if end - start >= 2 else None
+
+
+def steepest_suggestion(lrs: np.ndarray, losses: np.ndarray) -> float | None:
+    """The LR where the smoothed loss falls fastest against log(LR), within its descent (the flat start skipped)."""
+    lrs, losses = _trimmed(np.asarray(lrs, float), np.asarray(losses, float))
+    span = descent(lrs, losses)
+    if span is None:
+        return None
+    start, end = span
     slopes = np.gradient(losses, np.log(lrs))
-    return float(lrs[int(np.argmin(slopes))])
+    return float(lrs[start + int(np.argmin(slopes[start:end + 1]))])
 
 
 def valley_suggestion(lrs: np.ndarray, losses: np.ndarray) -> float | None:
     """fastai's ``valley``: the LR at 1/2 of the way into the longest decreasing stretch of the loss.
 
     The longest decreasing subsequence marks the valley; its start and end are the LRs
-    where learning begins and where it stops paying off.
+    where learning begins and where it stops paying off. It is looked for from the end of the
+    flat start on (:func:`descent`), where the noise of the first steps cannot make a stretch.
     """
     lrs, losses = _trimmed(np.asarray(lrs, float), np.asarray(losses, float))
+    span = descent(lrs, losses)
+    if span is None:
+        return None
+    lrs, losses = lrs[span[0]:], losses[span[0]:]
     n = len(losses)
     if n < 3:
         return None

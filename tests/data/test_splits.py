@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from carlib.data.check import check_dataset
 from carlib.data.folders import list_class_images, prepare_data
 from carlib.data.splits import TEST_SPLIT_SEED, split_for_run
 from carlib.errors import ConfigError, DataError
@@ -104,3 +105,22 @@ def test_a_split_with_a_class_the_training_folders_lack_is_an_error(pre_split, t
 def test_fractions_out_of_range_fail(class_folders):
     with pytest.raises(ConfigError, match=r"test_split=1 is out of range"):
         split_for_run(prepare_data(class_folders), val_split=0.2, test_split=1, seed=0)
+
+
+def test_data_check_reports_each_split_its_balance_and_duplicates_across_splits(pre_split, tmp_path):
+    leaky = tmp_path / "leaky"
+    shutil.copytree(pre_split, leaky)
+    leaked = next((leaky / "train" / "3").iterdir())
+    shutil.copy(leaked, leaky / "test" / "3" / "copy-of-a-training-image.jpg")
+    for image in (leaky / "valid" / "7").iterdir():
+        image.unlink()  # a split without one class
+    report = check_dataset(leaky)
+    assert report.usable and report.layout == "pre_split"
+    assert {s: sum(c.values()) for s, c in report.split_counts.items()} == {"train": 48, "validation": 15, "test": 17}
+    assert report.split_counts["validation"]["7"] == 0
+    assert report.cross_split_duplicates == [("train", str(leaked), "test",
+                                              str(leaky / "test" / "3" / "copy-of-a-training-image.jpg"))]
+    text = report.to_text()
+    assert "splits: train 48 images, validation 15 images" in text and "duplicates across splits" in text
+    assert any("appear in two splits" in w for w in report.warnings)
+    assert any("validation split has no images of class(es) 7" in w for w in report.warnings)

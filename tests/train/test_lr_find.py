@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 import carlib
 from carlib.models.build import build_model
-from carlib.train.lr_find import LRFindResult, lr_find, steepest_suggestion, valley_suggestion
+from carlib.train.lr_find import LRFindResult, descent, lr_find, steepest_suggestion, valley_suggestion
 
 
 def _dataset(n=64, size=32, batch=16):
@@ -92,3 +92,18 @@ def test_lr_find_for_config_builds_the_run_model_and_writes_nothing(fast_config,
     assert isinstance(figure, Figure)
     axes = figure.axes[0]
     assert axes.get_xscale() == "log" and len(axes.lines) >= 3  # raw, smoothed, at least one suggestion
+
+
+def test_suggestions_skip_the_noisy_flat_start():
+    lrs = np.logspace(-7, 1, 161)
+    x = np.log10(lrs)
+    rng = np.random.default_rng(0)
+    # Flat at 2.3 up to ~1e-4 with noise, a spurious sharp dip at 3e-7 (the first noisy steps), then a real fall
+    # around 1e-3 and an explosion past 1e-1.
+    losses = 2.3 - 1.6 / (1 + np.exp(-5 * (x + 3))) + rng.normal(0, 0.01, len(x)) + np.where(x > -1, 20 * (x + 1) ** 2, 0)
+    losses[8] -= 0.3  # steeper than the real fall: the old steepest suggestion picked it (2.2e-07)
+    start, end = descent(lrs, losses)
+    assert lrs[start] > 1e-5 and 1e-2 < lrs[end] < 2e-1
+    for suggestion in (steepest_suggestion(lrs, losses), valley_suggestion(lrs, losses)):
+        assert 1e-4 < suggestion < 1e-1, suggestion  # where the loss actually falls, never at 3e-7
+    assert steepest_suggestion(lrs, np.full(50, 2.3)) is None and valley_suggestion(lrs[:50], np.full(50, 2.3)) is None
