@@ -35,8 +35,8 @@ from carlib.evaluate.photos import model_class_names
 from carlib.evaluate.predict import load_model, resolve_model_path
 from carlib.models.build import model_image_size
 
-__all__ = ["EXPORT_FORMATS", "Export", "export_model", "default_export_path", "saved_model_probabilities",
-           "tflite_probabilities", "LABELS_FILE"]
+__all__ = ["EXPORT_FORMATS", "Export", "export_model", "default_export_path", "float32_model",
+           "saved_model_probabilities", "tflite_probabilities", "LABELS_FILE"]
 
 EXPORT_FORMATS = ("saved_model", "tflite")
 LABELS_FILE = "labels.txt"
@@ -50,6 +50,8 @@ class Export:
 
     ``max_abs_diff``: the largest difference of any class probability between the exported model
     (loaded as a deployer would) and the Keras model, on ``n_checked`` random 0–255 images.
+    ``from_mixed_precision``: the Keras model computes in mixed precision; the export (and the model
+    it was compared with) computes in float32 (:func:`float32_model`).
     """
 
     format: str
@@ -60,14 +62,16 @@ class Export:
     class_names_from: str
     max_abs_diff: float
     n_checked: int
+    from_mixed_precision: bool = False
 
     def summary(self) -> str:
         """Two lines for the CLI."""
         what = "SavedModel" if self.format == "saved_model" else "TFLite model"
         return (f"wrote {what} {self.path} (input: float32 (N, {self.image_size}, {self.image_size}, 3), raw 0-255 RGB; "
                 f"{len(self.class_names)} class names in {self.labels}, from {self.class_names_from})\n"
-                f"  max |probability difference| against the .keras model on {self.n_checked} random images: "
-                f"{self.max_abs_diff:.2g}")
+                f"  max |probability difference| against the .keras model"
+                + (" (rebuilt in float32: it was trained in mixed precision)" if self.from_mixed_precision else "")
+                + f" on {self.n_checked} random images: {self.max_abs_diff:.2g}")
 
 
 def default_export_path(model_path: str | os.PathLike, format: str) -> Path:
@@ -121,6 +125,33 @@ def _replace_folder(built: Path, target: Path) -> None:
         os.replace(built, target)
 
 
+def _float32_config(config):
+    """A copy of a serialized model config whose layers compute in float32 (mixed-precision policies replaced)."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and \
+                str(config.get("config", {}).get("name", "")).startswith("mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """The model computing in float32: a model trained with mixed precision (float16/bfloat16 compute, float32
+    weights) is rebuilt with float32 layers and the same weights; any other model is returned as it is.
+
+    TFLite's builtin kernels and most CPUs want float32, and a float32 export is the more exact one.
+    """
+    config = model.get_config()
+    converted = _float32_config(config)
+    if converted == config:
+        return model
+    rebuilt = model.__class__.from_config(converted)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
 def _check_images(size: int, n: int) -> np.ndarray:
     return np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
 
@@ -148,15 +179,17 @@ def export_model(model_or_path, format: str = "saved_model", out: str | os.PathL
     default :func:`default_export_path`. The class names (the model's own, see
     :func:`carlib.evaluate.photos.model_class_names`; ``class_names`` for a model saved without
     them) go into ``labels.txt``: the SavedModel's asset, or the file next to the ``.tflite``. An
-    existing export at ``out`` is replaced. ``check_images`` random images compare the exported
-    model with the Keras model (:attr:`Export.max_abs_diff`).
+    existing export at ``out`` is replaced. A model trained with mixed precision is exported computing
+    in float32 (:func:`float32_model`). ``check_images`` random images compare the exported model
+    with the Keras model (:attr:`Export.max_abs_diff`).
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format!r}: expected one of {', '.join(EXPORT_FORMATS)}.")
     in_memory = hasattr(model_or_path, "predict")
     if out is None and in_memory:
         raise ConfigError("an in-memory model has no folder to export next to: pass out=.")
-    model = load_model(model_or_path)
+    original = load_model(model_or_path)
+    model = float32_model(original)
     size = model_image_size(model)
     n_outputs = int(model.output_shape[-1])
     names, names_from = model_class_names(model_or_path, class_names)
@@ -204,4 +237,5 @@ def export_model(model_or_path, format: str = "saved_model", out: str | os.PathL
     if not difference <= _WARN_ABOVE:
         warnings.warn(f"the exported model's probabilities differ from the Keras model's by up to {difference:.3g} on "
                       "random images: check it before deploying.", ModelWarning, stacklevel=2)
-    return Export(format, target, labels_path, size, tuple(names), names_from, difference, len(images))
+    return Export(format, target, labels_path, size, tuple(names), names_from, difference, len(images),
+                  from_mixed_precision=model is not original)

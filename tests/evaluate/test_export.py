@@ -120,6 +120,23 @@ def test_export_replaces_an_older_export_but_nothing_else(cnn_file, tmp_path):
         export_model(cnn_file, "onnx")
 
 
+def test_a_mixed_precision_model_exports_in_float32(tiny_images, tmp_path):
+    """A model trained on a GPU (mixed_float16) converts to TFLite's builtin float32 kernels."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model("simple_cnn", 10, 32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    path = save_model(model, tmp_path / "mixed.keras", NAMES)
+    export = export_model(path, "tflite")
+    assert export.from_mixed_precision and "rebuilt in float32" in export.summary()
+    float32 = build_model("simple_cnn", 10, 32)  # the same network and weights, computing in float32
+    float32.set_weights(model.get_weights())
+    out = _tflite_outputs(export.path, tiny_images)
+    np.testing.assert_allclose(out["probabilities"], float32.predict(tiny_images, verbose=0), atol=TFLITE_ATOL, rtol=0)
+    np.testing.assert_allclose(out["probabilities"], model.predict(tiny_images, verbose=0), atol=1e-2, rtol=0)
+
+
 # -------------------------------------------------------------- a trained run, end to end
 @pytest.fixture(scope="module")
 def trained_run(tiny_data_dir, tmp_path_factory):
