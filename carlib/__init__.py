@@ -67,6 +67,11 @@ _EXPORTS = {
     "resolution_curve": "carlib.evaluate.resolution",
     "predict_submission": "carlib.evaluate.submission",
     "score_submission": "carlib.evaluate.submission",
+    # predicting any photos, exporting for deployment, the class names a model carries
+    "predict_photos": "carlib.evaluate.photos",
+    "export_model": "carlib.evaluate.export",
+    "save_model": "carlib.models.build",
+    "read_class_names": "carlib.models.build",
     # plots (drawing only)
     "plot_learning_curves": "carlib.plots",
     "plot_summary": "carlib.plots",

@@ -1,9 +1,11 @@
 """The ``carlib`` command: parses arguments and dispatches to the package; nothing else happens here.
 
-Commands: ``results``, ``run``, ``sweep``, ``predict``, ``report``, ``bench`` (and ``bench recipe``),
-``data``. Flags spell the parameter vocabulary with dashes (``--results-dir``, ``--val-split``);
-``--params FILE.yaml`` reads the same names with underscores, and flags override it. Every carlib
-error ends as one ``carlib: error: …`` line and exit status 2.
+Commands: ``results``, ``run``, ``sweep``, ``predict``, ``export``, ``report``, ``bench`` (and
+``bench recipe``), ``data``. Flags spell the parameter vocabulary with dashes (``--results-dir``,
+``--val-split``); ``--params FILE.yaml`` reads the same names with underscores, and flags override it.
+Every carlib error ends as one ``carlib: error: …`` line and exit status 2. Every flag's ``--help``
+line ends with its type, default and allowed values (:class:`_HelpFormatter`); ``carlib run``'s come
+from the config's own field definitions (:func:`carlib.config.parameter_help`).
 
 Each command imports what it runs when it runs (deferred imports, marked): ``carlib results``
 never imports TensorFlow.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import sys
 import warnings
 from typing import Sequence
@@ -104,6 +107,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.paths:  # photos: no training folder, no sample submission
+        return _cmd_predict_photos(args)
+    if args.top_k != 1 or args.classes is not None:
+        raise ConfigError("--top-k and --classes apply to photos (carlib predict MODEL PATH…); the submission of "
+                          "--data-dir has one class per row, named by the training folders.")
+    args.out = args.out or "submission.csv"
     # deferred: TensorFlow
     from carlib.data.folders import prepare_data
     from carlib.evaluate.predict import resolve_model_path
@@ -122,6 +131,36 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if answers.is_file():  # the embedded dataset ships its answers
         score = score_submission(submission.path, answers)
         print(f"accuracy against {answers.name}: {score['accuracy']:.4f} ({score['n_correct']}/{score['n']})")
+    return 0
+
+
+def _cmd_predict_photos(args: argparse.Namespace) -> int:
+    """``carlib predict MODEL PATH…``: one row per photo; exit status 1 when no photo could be predicted."""
+    # deferred: TensorFlow
+    from carlib.evaluate.photos import predict_photos, predictions_summary, write_predictions
+    from carlib.evaluate.predict import resolve_model_path
+
+    if args.data_dir is not None:
+        raise ConfigError("give either photos (carlib predict MODEL PATH…) or a competition folder (carlib predict "
+                          "MODEL --data-dir DIR), not both.")
+    if args.fallback is not None:
+        raise ConfigError("--fallback applies to the submission of --data-dir; a photo that cannot be read gets a row "
+                          "with its error instead.")
+    out = args.out or "predictions.csv"
+    info = sys.stderr if out == "-" else sys.stdout  # with --out - the CSV itself goes to standard output
+    print(f"carlib predict: model {resolve_model_path(args.model)}", file=info, flush=True)
+    frame = predict_photos(args.model, args.paths, top_k=args.top_k, tta=args.tta, tta_preset=args.tta_preset,
+                           tta_seed=args.tta_seed, batch_size=args.batch_size, image_size=args.image_size,
+                           class_names=args.classes)
+    written = write_predictions(frame, out)
+    print(predictions_summary(frame, written), file=info)
+    return 0 if (frame["error"] == "").any() else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from carlib.evaluate.export import export_model  # deferred: TensorFlow
+
+    print(export_model(args.model, args.format, args.out, class_names=args.classes).summary())
     return 0
 
 
@@ -226,25 +265,129 @@ def _cmd_bench_verdicts(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- help
+# Options whose value is a file or folder (their type reads "path" in --help).
+_PATH_DESTS = {"results_dir", "data_dir", "out", "params", "model", "paths", "sweep_file", "path", "notebooks",
+               "classes"}
+_OWN_DEFAULT = re.compile(r"\s*\(default: ((?:[^()]|\([^()]*\))*)\)")
+
+
+def _describe(action: argparse.Action, *, kind: str | None = None, default: str | None = None,
+              choices: Sequence[str] | None = None) -> argparse.Action:
+    """Tell the help what argparse cannot know: the type in words, the default shown, the allowed values."""
+    action.carlib_help = {"kind": kind, "default": default, "choices": tuple(choices) if choices else None}
+    return action
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if value else "empty"
+    return str(value)
+
+
+def _option_help(action: argparse.Action) -> str:
+    """One option's help: its meaning, then ``(type; default: X; one of: …)`` (or ``(type; required)``).
+
+    The type comes from the option (``type=int``: integer, a switch, a path, …) unless :func:`_describe`
+    gave it; the default from a ``(default: …)`` the help itself writes in words, else the option's
+    default; the allowed values from its ``choices``. The result is argparse's format text (``%%``).
+    """
+    given = getattr(action, "carlib_help", {})
+    text = action.help or ""
+    own = _OWN_DEFAULT.search(text)
+    if own:
+        text = (text[:own.start()] + text[own.end():]).strip()
+    kind = given.get("kind")
+    if kind is None:
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            kind = "switch"
+        else:
+            kind = {int: "integer", float: "number"}.get(action.type) or \
+                ("path" if action.dest in _PATH_DESTS else "name" if action.choices else "text")
+            plural = "values" if kind == "text" else f"{kind}s"
+            if action.nargs == "+":
+                kind = f"one or more {plural}"
+            elif action.nargs == "*":
+                kind = f"any number of {plural}"
+    if given.get("default") is not None:
+        default = given["default"].replace("%", "%%")
+    elif own:
+        default = own.group(1)
+    elif not action.option_strings and action.nargs not in ("?", "*"):
+        default = None  # a required positional argument
+    else:
+        default = _shown(action.default).replace("%", "%%")
+    choices = given.get("choices") or (tuple(map(str, action.choices)) if action.choices else None)
+    facts = [kind, f"default: {default}" if default is not None else "required"]
+    if choices:
+        facts.append("one of: " + ", ".join(choices).replace("%", "%%"))
+    return f"{text} ({'; '.join(facts)})".strip()
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its type, default and allowed values (:func:`_option_help`)."""
+
+    def _get_help_string(self, action):
+        if action.help is argparse.SUPPRESS or not _is_option(action):
+            return action.help
+        return _option_help(action)
+
+
+def _is_option(action: argparse.Action) -> bool:
+    """An option or argument the user gives (not --help, nor the list of sub-commands)."""
+    return not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction,
+                                   argparse._SubParsersAction._ChoicesPseudoAction))
+
+
+def _explained(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` and each of its sub-command parsers, with :class:`_HelpFormatter`."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _explained(subparser)
+    return parser
+
+
 # ------------------------------------------------------------------------------- parsers
-def _parameter_flag_help(name: str) -> tuple[str, str]:
-    """The metavar and help of a ``carlib run`` parameter flag, from the config's own description."""
+_METAVARS = {"integer": "INT", "number": "NUMBER", "text": "TEXT", "true/false": "BOOL",
+             "integers, comma-separated": "INT,INT,…"}
+
+
+def _parameter_flag_help(name: str) -> tuple[str, str, dict]:
+    """The metavar, meaning and help facts of a ``carlib run`` parameter flag, from the config's own definition."""
     described = parameter_help(name)
-    allowed = f"; one of: {', '.join(described.choices)}" if described.choices else ""
-    return described.type.upper().replace(" ", "_").replace(",", ""), \
-        f"{described.help} (default: {described.default!r}{allowed})".replace("%", "%%")
+    base = described.type.removesuffix(" or None")
+    metavar = "PATH" if name in _PATH_DESTS else "NAME" if described.choices else _METAVARS[base]
+    return metavar, described.help.replace("%", "%%"), {"kind": described.type,
+                                                         "default": _config_value(described.default),
+                                                         "choices": described.choices}
+
+
+def _config_value(value) -> str:
+    """A config default as a flag or a YAML file would spell it."""
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _shown(value)
 
 
 def _add_run_parser(sub, *, with_parameters: bool) -> None:
     run = sub.add_parser("run", help="train and evaluate one configuration over --seeds seeds")
-    run.add_argument("--params", default=None, help="YAML file of parameters; flags override it")
+    run.add_argument("--params", default=None, metavar="FILE", help="YAML file of parameters; flags override it")
     if not with_parameters:  # built only for `carlib run`: listing presets imports albumentations
         return
     for name in PARAMETER_NAMES:
-        metavar, text = _parameter_flag_help(name)
-        run.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=metavar, help=text)
-    run.add_argument("--seeds", default=None, metavar="INTEGER",
-                     help="runs of the configuration: seed, seed+1, … (default: 1)")
+        metavar, text, facts = _parameter_flag_help(name)
+        _describe(run.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=metavar,
+                                   help=text), **facts)
+    _describe(run.add_argument("--seeds", default=None, metavar="INT", help="runs of the configuration: seed, seed+1, …"),
+              kind="integer", default="1")
 
 
 def _add_bench_parsers(sub) -> None:
@@ -254,19 +397,20 @@ def _add_bench_parsers(sub) -> None:
                                          "simulated studies")
     bench.add_argument("measurements", nargs="*", metavar="MEASUREMENT",
                        help="any of decode, pipeline, oldway, transforms, feed, harness (default: all)")
-    bench.add_argument("--data-dir", default=None, help="dataset (default: the embedded dataset)")
+    bench.add_argument("--data-dir", default=None, help="the dataset to measure on (default: the embedded dataset)")
     bench.add_argument("--json", action="store_true",
                        help='one JSON object per line per figure: {"figure", "value", "unit", ...context}')
-    bench.add_argument("--image-size", type=int, default=128)
-    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--image-size", type=int, default=128, help="image size of every measurement (pixels)")
+    bench.add_argument("--batch-size", type=int, default=32, help="batch size of every measurement")
     bench.add_argument("--presets", nargs="+", default=["none", "light", "medium", "heavy"],
                        help="augmentation presets for the pipeline figures")
     bench.add_argument("--oldway-preset", default="medium", help="augmentations of the old-way comparison")
     bench.add_argument("--transforms-preset", default="heavy", help="the preset whose transforms are timed alone")
-    bench.add_argument("--feed-backbone", default="mobilenet_v3_small")
-    bench.add_argument("--feed-preset", default="light")
+    bench.add_argument("--feed-backbone", default="mobilenet_v3_small", help="feed ratio: the backbone being fed")
+    bench.add_argument("--feed-preset", default="light", help="feed ratio: the augmentation preset of the pipeline")
     bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison (median)")
-    bench.add_argument("--limit", type=int, default=None, help="at most this many training images (stratified)")
+    bench.add_argument("--limit", type=int, default=None, help="at most this many training images (stratified) "
+                       "(default: every image)")
     bench.add_argument("--notebook", default=None, help="harness: the study notebook (default: backbone_study)")
     bench.add_argument("--harness-rounds", type=int, default=2, help="harness: rounds (each runs the study twice)")
     bench.add_argument("--harness-epochs", type=int, default=None,
@@ -275,17 +419,18 @@ def _add_bench_parsers(sub) -> None:
 
 def _bench_recipe_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carlib bench recipe", description="The CPU recipe "
-                                     "(params/cpu_recipe/recipe.yaml) against a plain Keras CNN on one dataset.")
+                                     "(params/cpu_recipe/recipe.yaml) against a plain Keras CNN on one dataset.",
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--data-dir", default=None, help="dataset: competition layout or class folders "
                         "(default: the embedded dataset)")
     parser.add_argument("--seeds", type=int, default=1, help="runs of each arm (seed, seed+1, ...); 2+ for a verdict")
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--params", default=None,
                         help="YAML preset of the recipe arm (default: params/cpu_recipe/recipe.yaml)")
-    parser.add_argument("--baseline-epochs", type=int, default=50)
-    parser.add_argument("--baseline-image-size", type=int, default=96)
+    parser.add_argument("--baseline-epochs", type=int, default=50, help="epochs of the plain Keras CNN")
+    parser.add_argument("--baseline-image-size", type=int, default=96, help="image size of the plain Keras CNN (pixels)")
     parser.add_argument("--test-split", type=float, default=0.2, help="share held out as the test set when the "
-                        "dataset has no test-answers.csv")
+                        "dataset has no labelled test images (a test/ folder or test-answers.csv)")
     parser.add_argument("--results-dir", default=None, help="where the recipe's runs are recorded "
                         "(default: $CARLIB_RESULTS_DIR or ./results)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per figure")
@@ -296,7 +441,8 @@ def _bench_verdicts_parser() -> argparse.ArgumentParser:
     from carlib.bench.verdicts import KS, NS, RHOS  # deferred: scipy
 
     parser = argparse.ArgumentParser(prog="carlib bench verdicts", description="The verdict code on simulated "
-                                     "studies: false verdicts under A/A and power at a +1 sd effect.")
+                                     "studies: false verdicts under A/A and power at a +1 sd effect.",
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--simulations", type=int, default=2000, help="studies per cell and scenario (default: 2000)")
     parser.add_argument("--k", type=int, nargs="+", default=list(KS), help="configurations per study")
     parser.add_argument("--n", type=int, nargs="+", default=list(NS), help="seeds per configuration")
@@ -306,21 +452,36 @@ def _bench_verdicts_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_export_parser(sub) -> None:
+    export = sub.add_parser("export", help="write a trained model for deployment (SavedModel or TFLite) with its "
+                                           "class names")
+    export.add_argument("model", help="a .keras file, or a run folder (a final run's folder uses last.keras)")
+    export.add_argument("--format", choices=("saved_model", "tflite"), default="saved_model",
+                        help="SavedModel folder (TensorFlow, TF Serving) or .tflite file (TFLite / LiteRT)")
+    export.add_argument("--out", default=None, help="the SavedModel folder, or the .tflite file (a folder gets "
+                                                    "model.tflite) (default: <model folder>/export/<model name>/"
+                                                    "saved_model or …/model.tflite)")
+    export.add_argument("--classes", default=None,
+                        help="class names for a model saved without them: classes.json, labels.txt or the training "
+                             "data folder (default: the model's own)")
+
+
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carlib", description="Train and compare image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     results = sub.add_parser("results", help="print the combined results table")
     results.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
-    results.add_argument("--study", default=None, help="only runs of this study")
-    results.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
+    results.add_argument("--study", default=None, help="only runs of this study (default: every study)")
+    results.add_argument("--format", choices=("table", "csv", "markdown"), default="table", help="output format")
     results.add_argument("--summary", action="store_true",
                          help="per configuration of the study: runs, failures, mean, std and 95%% CI of its primary "
                               "metric across seeds, and the verdict with a seed plan")
-    results.add_argument("--min-effect", type=float, default=0.01, metavar="NUMBER",
+    results.add_argument("--min-effect", type=float, default=0.01,
                          help="--summary: the difference the seed plan is sized for (default: 0.01, one point of "
                               "accuracy)")
-    results.add_argument("--columns", nargs="+", default=None, help="only these columns")
+    results.add_argument("--columns", nargs="+", default=None,
+                         help="only these columns (default: the leading ones; every one with --all-columns)")
     results.add_argument("--all-columns", action="store_true",
                          help="the table format shows every column (csv and markdown always do)")
 
@@ -331,25 +492,39 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sweep.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
     sweep.add_argument("--workers", type=int, default=1, help="trials run in parallel")
     sweep.add_argument("--gpus", default=None,
-                       help="comma-separated GPU ids; worker i uses one of them (CUDA_VISIBLE_DEVICES)")
-    sweep.add_argument("--shard", default=None, help="i/n: run only this machine's share of the trials (1-based)")
+                       help="comma-separated GPU ids; worker i uses one of them (CUDA_VISIBLE_DEVICES) "
+                            "(default: not pinned: every worker sees every GPU)")
+    sweep.add_argument("--shard", default=None, help="i/n: run only this machine's share of the trials (1-based) "
+                       "(default: every trial)")
     sweep.add_argument("--kernel", default="python3",
-                       help="Jupyter kernel for papermill (-k); default python3, this environment's own kernel")
+                       help="Jupyter kernel for papermill (-k); python3 is this environment's own kernel")
     sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    predict = sub.add_parser("predict", help="write a validated submission CSV for the test images")
+    predict = sub.add_parser("predict", help="predict photos (PATH…: one row per image), or write a validated "
+                                             "submission CSV for a competition folder's test images")
     predict.add_argument("model", help="a .keras file, or a run folder (a final run's folder uses last.keras)")
+    predict.add_argument("paths", nargs="*", metavar="PATH",
+                         help="photos: image files or folders (searched recursively); no training folder or sample "
+                              "submission needed (default: none: the submission of --data-dir)")
     predict.add_argument("--data-dir", default=None, help="competition folder (default: the embedded dataset)")
-    predict.add_argument("--out", default="submission.csv", help="CSV to write (default: submission.csv)")
+    predict.add_argument("--out", default=None, help="CSV to write; - for standard output (default: predictions.csv "
+                                                     "for photos, submission.csv for --data-dir)")
+    predict.add_argument("--top-k", type=int, default=1, metavar="K",
+                         help="photos: the K most probable classes per image, each with its probability")
+    predict.add_argument("--classes", default=None,
+                         help="photos: class names for a model saved without them: classes.json, labels.txt or the "
+                              "training data folder (default: the model's own)")
     predict.add_argument("--tta", type=int, default=0, metavar="N", help="TTA passes (0 or 1: none)")
     predict.add_argument("--tta-preset", default="light",
                          help="TTA preset: none, flip, light, medium, or a pipeline saved with albumentations.save")
-    predict.add_argument("--tta-seed", type=int, default=0)
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--tta-seed", type=int, default=0, help="seed of the TTA draws")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per batch")
     predict.add_argument("--image-size", type=int, default=None, help="test size (default: the model's; FixRes)")
     predict.add_argument("--fallback", default=None,
                          help="class for missing/unreadable images (default: the training set's most frequent)")
+
+    _add_export_parser(sub)
 
     report = sub.add_parser("report", help="write one HTML report of a results store")
     report.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
@@ -359,19 +534,20 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_bench_parsers(sub)
 
     data = sub.add_parser("data", help="the embedded synthetic dataset; check a dataset before training")
-    data.add_argument("data_command", choices=("generate", "where", "check"))
+    data.add_argument("data_command", choices=("generate", "where", "check"),
+                      help="generate the embedded dataset, say where it is, or check a dataset")
     data.add_argument("path", nargs="?", default=None,
                       help="check: the dataset folder (default: the embedded dataset)")
     data.add_argument("--json", action="store_true", help="check: print the report as JSON")
-    data.add_argument("--out", default=None, help="write a fresh copy here instead of the cache")
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--n-train", type=int, default=1000)
-    data.add_argument("--n-test", type=int, default=300)
-    return parser
+    data.add_argument("--out", default=None, help="write a fresh copy here instead of the cache (default: the cache)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
+    data.add_argument("--n-train", type=int, default=1000, help="generate: training images")
+    data.add_argument("--n-test", type=int, default=300, help="generate: test images")
+    return _explained(parser)
 
 
 _COMMANDS = {"results": _cmd_results, "run": _cmd_run, "sweep": _cmd_sweep, "predict": _cmd_predict,
-             "report": _cmd_report, "bench": _cmd_bench, "data": _cmd_data}
+             "export": _cmd_export, "report": _cmd_report, "bench": _cmd_bench, "data": _cmd_data}
 
 
 def _check_unknown_flags(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
@@ -393,9 +569,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = next((a for a in argv if not a.startswith("-")), None)
         parser = _parser(command)
         args, unknown = parser.parse_known_args(argv)
+        if unknown and isinstance(getattr(args, "paths", None), list) and not any(u.startswith("-") for u in unknown):
+            args.paths, unknown = [*args.paths, *unknown], []  # photos after other flags (argparse stops at them)
         if unknown:
             _check_unknown_flags(parser, args.command, unknown)
         return _COMMANDS[args.command](args)
     except CarlibError as err:
-        print(f"carlib: error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr, flush=True)
         return 2
+
+
+def error_line(err: BaseException) -> str:
+    """``carlib: error: <message>`` on one line (a message's line breaks become spaces); print adds the newline."""
+    message = re.sub(r"\s*\n\s*", " ", str(err).strip())
+    return f"carlib: error: {message or type(err).__name__}"

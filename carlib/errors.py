@@ -26,6 +26,7 @@ __all__ = [
     "DataWarning",
     "SubmissionWarning",
     "TTAWarning",
+    "ModelWarning",
 ]
 
 
@@ -94,3 +95,7 @@ class SubmissionWarning(CarlibWarning):
 
 class TTAWarning(CarlibWarning):
     """TTA did not do what it promises: every pass fed the model identical images."""
+
+
+class ModelWarning(CarlibWarning):
+    """A model lacks something it should carry (its class names); it was used anyway."""

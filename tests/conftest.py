@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -36,3 +38,74 @@ def fast_config(tiny_data_dir, results_dir):
     """Parameters of a run that takes a few seconds on a CPU."""
     return dict(data_dir=str(tiny_data_dir), backbone="simple_cnn", image_size=32, batch_size=16, epochs=2,
                 augmentation="light", val_split=0.25, results_dir=str(results_dir))
+
+
+# ----------------------------------------------------------------- a model whose answer is known
+class Brightness:
+    """A tiny Keras model (raw 0–255 RGB in, like every carlib model) whose class is the image's mean brightness.
+
+    Class ``c`` of ``num_classes`` covers the brightness ``c * step`` ± ``step / 2`` (``step = 255 /
+    (num_classes - 1)``): the logits ``sharpness * (c * m - step * c² / 2)`` of the mean ``m`` peak at the
+    class nearest ``m / step``. Tests paint images of a chosen class (:meth:`paint`) and compute the expected
+    class and probabilities without the model or carlib's pipeline (:meth:`oracle`, from PIL's decode), so
+    predictions that are shifted by a row, or the same class everywhere, fail.
+    """
+
+    def __init__(self, num_classes: int = 10, size: int = 32, sharpness: float = 0.15):
+        self.num_classes, self.size, self.sharpness = num_classes, size, sharpness
+        self.step = 255.0 / (num_classes - 1)
+
+    def model(self):
+        """The Keras model (built fresh: GlobalAveragePooling2D → Dense softmax, weights set by hand)."""
+        import keras
+
+        classes = np.arange(self.num_classes, dtype=np.float64)
+        kernel = np.repeat(self.sharpness * classes[None, :] / 3.0, 3, axis=0)  # the channel means' average
+        bias = -self.sharpness * self.step * classes**2 / 2.0
+        inputs = keras.Input((self.size, self.size, 3), name="image")
+        mean = keras.layers.GlobalAveragePooling2D(name="mean_rgb")(inputs)
+        outputs = keras.layers.Dense(self.num_classes, activation="softmax", name="classifier")(mean)
+        model = keras.Model(inputs, outputs, name="brightness")
+        model.get_layer("classifier").set_weights([kernel.astype("float32"), bias.astype("float32")])
+        return model
+
+    def probabilities(self, brightness) -> np.ndarray:
+        """The model's function in numpy, of mean brightness values (N,) → (N, C)."""
+        m = np.asarray(brightness, np.float64)[:, None]
+        classes = np.arange(self.num_classes)[None, :]
+        logits = self.sharpness * (classes * m - self.step * classes**2 / 2.0)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def level(self, cls: int) -> float:
+        """The brightness at the centre of class ``cls``."""
+        return cls * self.step
+
+    def paint(self, path, cls: int, *, width: int = 96, height: int = 72, seed: int = 0, fmt: str | None = None):
+        """Write an image of class ``cls``: its class level, with a little zero-mean texture, as JPEG/PNG/…"""
+        from PIL import Image
+
+        rng = np.random.default_rng(seed)
+        texture = rng.integers(-12, 13, (height, width, 1)) + rng.integers(-6, 7, (1, 1, 3))
+        pixels = np.clip(np.round(self.level(cls) + texture), 0, 255).astype(np.uint8)
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        Image.fromarray(pixels).save(path, fmt, **({"quality": 95} if path.lower().endswith((".jpg", ".jpeg")) else {}))
+        return path
+
+    def oracle(self, paths) -> tuple[np.ndarray, np.ndarray]:
+        """(expected class, expected probabilities) per file, from PIL's decode of the whole image."""
+        from PIL import Image, ImageOps
+
+        means = []
+        for path in paths:
+            with Image.open(path) as image:
+                means.append(np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.float64).mean())
+        probabilities = self.probabilities(means)
+        return probabilities.argmax(axis=1), probabilities
+
+
+@pytest.fixture(scope="session")
+def brightness():
+    """The 10-class brightness model's recipe (see :class:`Brightness`)."""
+    return Brightness()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 
 from carlib.cli import main
-from carlib.config import ExperimentConfig
+from carlib.config import PARAMETER_NAMES, ExperimentConfig, parameter_help
 from carlib.errors import ConfigError
 from carlib.records.record import new_run_id
 from carlib.records.store import ResultsStore
@@ -322,3 +323,92 @@ def test_any_carlib_error_is_one_line_and_exit_2(argv, says, tmp_path, no_traini
     assert err.startswith("carlib: error: ") and err.endswith("\n") and err.count("\n") == 1, err
     assert says in err and "Traceback" not in err
     assert no_training.calls == []
+
+
+# --------------------------------------------------------------------------- help
+def _all_parsers():
+    """(name, parser) for every carlib command (``carlib run`` with its parameter flags) and ``bench recipe``."""
+    import argparse
+
+    from carlib.cli import _bench_recipe_parser, _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in commands:
+        sub = next(a for a in _parser(name)._actions if isinstance(a, argparse._SubParsersAction))
+        yield name, sub.choices[name]
+    yield "bench recipe", _bench_recipe_parser()
+
+
+_HELP_LINE = re.compile(r"^(?P<meaning>\S.*) \((?P<kind>[^;()]+); (?:default: (?P<default>.+?)|required)"
+                        r"(?:; one of: (?P<choices>.+))?\)$", re.S)
+
+
+def test_every_config_field_has_a_one_line_description():
+    for name in PARAMETER_NAMES:
+        described = parameter_help(name)
+        assert described.help.strip() and "\n" not in described.help, name
+        assert described.type and (described.choices is None or len(described.choices) >= 2), name
+
+
+def test_every_option_of_every_command_shows_its_type_default_and_meaning():
+    from carlib.cli import _is_option, _option_help
+
+    seen = set()
+    for command, parser in _all_parsers():
+        shown = "".join(parser.format_help().split())  # no spaces at all: argparse wraps lines at hyphens too
+        usage = " ".join(parser.format_usage().split())
+        for action in parser._actions:
+            if not _is_option(action):
+                continue
+            text = _option_help(action).replace("%%", "%")
+            match = _HELP_LINE.match(text)
+            where = f"carlib {command} {'/'.join(action.option_strings) or action.dest}"
+            assert match, f"{where}: {text!r}"
+            assert len(match["meaning"].split()) >= 2, f"{where} has no meaning: {text!r}"
+            assert "".join(text.split()) in shown, f"{where}: its help is not shown as {text!r}"
+            if action.nargs != 0:  # an option that takes a value names it in the usage line
+                metavar = action.metavar or (action.dest.upper() if action.option_strings else action.dest)
+                assert action.choices or str(metavar) in usage, f"{where}: no metavar in {usage!r}"
+            if action.choices:
+                assert match["choices"], f"{where} does not list its allowed values"
+            seen.add(command)
+    assert {"results", "run", "sweep", "predict", "export", "report", "bench", "bench recipe", "data"} <= seen
+
+
+def test_run_help_comes_from_the_config_definitions():
+    from carlib.cli import _option_help
+
+    run = dict(_all_parsers())["run"]
+    flags = {a.dest: a for a in run._actions if a.dest in PARAMETER_NAMES}
+    assert set(flags) == set(PARAMETER_NAMES)
+    schedule = _option_help(flags["schedule"])
+    assert schedule.startswith(parameter_help("schedule").help)
+    assert schedule.endswith("(text; default: constant; one of: constant, step, plateau, cosine)")
+    assert _option_help(flags["image_size"]).endswith("(integer or None; default: None)")
+    assert _option_help(flags["deterministic"]).endswith("(true/false; default: false)")
+    assert "default: 50%% and 75%%" not in _option_help(flags["lr_boundaries"])  # the meaning keeps its own words
+    assert flags["lr"].metavar == "NUMBER" and flags["backbone"].metavar == "NAME" and flags["data_dir"].metavar == "PATH"
+
+
+# ----------------------------------------------------------------- one error line
+def test_an_error_message_with_line_breaks_still_prints_one_line(monkeypatch, capsys):
+    import carlib.cli
+
+    def broken(args):
+        raise ConfigError("first line\n  second line\n")
+
+    monkeypatch.setitem(carlib.cli._COMMANDS, "report", broken)
+    assert main(["report"]) == 2
+    assert capsys.readouterr().err == "carlib: error: first line second line\n"
+
+
+def test_the_command_prints_one_error_line_ending_in_a_newline(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for argv in (["predict", str(tmp_path / "none.keras"), str(tmp_path)], ["export", str(tmp_path / "none.keras")],
+                 ["results", "--summary"]):
+        proc = subprocess.run([sys.executable, "-m", "carlib", *argv], capture_output=True, text=True, timeout=120,
+                              env=env)
+        assert proc.returncode == 2, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0].startswith("carlib: error: "), proc.stderr
+        assert proc.stderr.endswith(errors[0] + "\n")

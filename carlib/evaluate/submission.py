@@ -171,7 +171,8 @@ def predict_submission(model_or_path, data_dir: str | os.PathLike | None = None,
     layout = prepare_data(data_dir)
     if layout.sample_submission is None:
         raise MissingFileError(f"{str(layout.root)!r} has no sample-submission.csv: it defines the rows, their "
-                                "order and the Id format of a submission, so carlib needs it.")
+                                "order and the Id format of a submission, so carlib needs it. To predict photos "
+                                "without one: carlib predict MODEL PATH… (files or folders).")
     if layout.test_dir is None:
         raise MissingFileError(f"{str(layout.root)!r} has neither test.zip nor test_upload/: no test images.")
     sample = read_sample_submission(layout.sample_submission)

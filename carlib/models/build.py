@@ -4,15 +4,21 @@
 evaluation, TTA and export share one input contract), keeps pretrained BatchNorm in
 inference mode when asked (:class:`InferenceModeBackbone`, R13), and adds carlib's head.
 :func:`load_model` reads a ``.keras`` file back, SavedModel (``hub:``) backbones included.
+:func:`save_model` writes one with its class names inside (:func:`read_class_names` reads them back).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import keras
 
+from carlib.base.files import atomic_path
 from carlib.errors import ConfigError, MissingFileError, ModelError
 from carlib.models import losses  # noqa: F401  registers the label-smoothing loss, so compiled .keras files load
 from carlib.models.hub import is_hub_backbone
@@ -21,7 +27,14 @@ from carlib.models.registry import check_knobs, get_backbone
 from carlib.models.spec import PREPROCESSING
 
 __all__ = ["build_model", "preprocessing_layer", "InferenceModeBackbone", "feature_extractor", "load_model",
-           "model_image_size"]
+           "model_image_size", "save_model", "add_class_names", "read_class_names", "read_class_names_file",
+           "CLASS_NAMES_FILE"]
+
+# Keras writes metadata.json into every .keras file and never reads it back: carlib adds its own key there.
+_METADATA_MEMBER = "metadata.json"
+_METADATA_KEY = "carlib"
+# A file next to a model that names its classes, for models saved without them (see read_class_names).
+CLASS_NAMES_FILE = "classes.json"
 
 
 def preprocessing_layer(mode: str) -> keras.layers.Layer:
@@ -171,3 +184,89 @@ def model_image_size(model) -> int:
             "(models built by carlib.build_model have one); pass image_size explicitly."
         )
     return int(height)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike, class_names: Sequence[str] | None = None) -> Path:
+    """Save ``model`` as a ``.keras`` file that carries its class names; the file is replaced atomically.
+
+    ``class_names[i]`` names output ``i``. They go into the file's ``metadata.json`` (Keras writes
+    that member and never reads it, so ``keras.models.load_model`` loads the file as before), so a
+    copied model file keeps them; :func:`read_class_names` reads them back. ``None`` saves a plain
+    Keras file.
+    """
+    path = Path(path)
+    if class_names is not None:
+        _check_class_names(model, class_names)
+    with atomic_path(path, suffix=".keras") as temporary:
+        model.save(temporary)
+        if class_names is not None:
+            add_class_names(temporary, class_names)
+    return path
+
+
+def _check_class_names(model: keras.Model, class_names: Sequence[str]) -> None:
+    outputs = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
+    if outputs is not None and int(outputs) != len(class_names):
+        raise ModelError(f"{len(class_names)} class names for a model with {outputs} outputs: class_names[i] must "
+                         "name output i.")
+
+
+def add_class_names(path: str | os.PathLike, class_names: Sequence[str]) -> None:
+    """Write ``class_names`` into an existing ``.keras`` file (its ``metadata.json``), atomically.
+
+    A zip member cannot be changed in place: the archive is copied member by member (each with
+    its own compression) with the new metadata, then renamed over the file.
+    """
+    path = Path(path)
+    names = [str(name) for name in class_names]
+    with zipfile.ZipFile(path) as source, atomic_path(path, suffix=".keras") as temporary:
+        with zipfile.ZipFile(temporary, "w") as target:
+            for info in source.infolist():
+                if info.filename == _METADATA_MEMBER:
+                    metadata = json.loads(source.read(info) or b"{}")
+                    metadata[_METADATA_KEY] = {**metadata.get(_METADATA_KEY, {}), "class_names": names}
+                    target.writestr(info, json.dumps(metadata))
+                else:
+                    with source.open(info) as reader, target.open(info, "w", force_zip64=True) as writer:
+                        shutil.copyfileobj(reader, writer, 1 << 20)
+
+
+def read_class_names(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The class names of a model file: from inside it (:func:`save_model`), else from ``classes.json`` next to it.
+
+    ``classes.json`` holds a list of names, or ``{"class_names": [...]}`` (write one next to a
+    model saved without names). ``None`` when neither is there.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read(_METADATA_MEMBER))
+        names = metadata.get(_METADATA_KEY, {}).get("class_names")
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+        names = None
+    if names is None:
+        names = read_class_names_file(path.parent / CLASS_NAMES_FILE, missing_ok=True)
+    return tuple(str(name) for name in names) if names is not None else None
+
+
+def read_class_names_file(path: str | os.PathLike, *, missing_ok: bool = False) -> tuple[str, ...] | None:
+    """Class names from a file: JSON (a list, or ``{"class_names": [...]}``) or text (one name per line)."""
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise MissingFileError(f"class names file {str(path)!r} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise ModelError(f"{str(path)!r} is not valid JSON ({err}): expected a list of class names.") from None
+        names = data.get("class_names") if isinstance(data, dict) else data
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise ModelError(f"{str(path)!r} must hold a list of class names, or {{\"class_names\": [...]}}.")
+    else:
+        names = [line.rstrip("\r") for line in text.split("\n")]
+        while names and not names[-1]:
+            names.pop()
+    return tuple(str(name) for name in names)

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from carlib.errors import ModelError
@@ -108,27 +109,54 @@ def _accepts_training(fn) -> bool:
         return False
 
 
-def _accepted_size(error: Exception) -> str | None:
-    """The image size a SavedModel's signature fixes, read from TensorFlow's mismatch message (``shape=(None, 224, 224, 3)``)."""
-    shapes = re.findall(r"shape=\(None, (\d+), (\d+), 3\)", str(error))
-    if shapes:
-        height, width = shapes[-1]
-        return height if height == width else f"{height}x{width}"
-    return None
+def _signature_sizes(fn) -> set[tuple[int | None, int | None]]:
+    """The (height, width) of the image inputs a SavedModel endpoint was traced for (None: any size)."""
+    signatures = [cf.structured_input_signature for cf in getattr(fn, "concrete_functions", ())]
+    if hasattr(fn, "structured_input_signature"):  # a signature (serving_default) is one concrete function
+        signatures.append(fn.structured_input_signature)
+    sizes = set()
+    for spec in tf.nest.flatten(signatures):
+        shape = getattr(spec, "shape", None)
+        if shape is not None and shape.rank == 4 and shape[-1] == 3:
+            sizes.add((shape[1], shape[2]))
+    return sizes
+
+
+def _size_words(height, width) -> str:
+    return str(height) if height == width else f"{height}x{width}"
+
+
+def _accepted_size(error: Exception, requested: int) -> str | None:
+    """The image size TensorFlow's mismatch message names as the signature's (``shape=(None, 224, 224, 3)``),
+    other than the ``requested`` one (the message names both)."""
+    shapes = [s for s in re.findall(r"shape=\(None, (\d+), (\d+), 3\)", str(error)) if s != (str(requested),) * 2]
+    return _size_words(*shapes[-1]) if shapes else None
+
+
+def _size_error(name: str, requested: int, accepted: str | None) -> ModelError:
+    if accepted:
+        advice = f"it accepts {accepted} px images only: set image_size={accepted.split('x')[0]}"
+    else:
+        advice = "set image_size to the size it was exported for"
+    return ModelError(f"the SavedModel of {name!r} does not accept {requested} px images; {advice}.")
 
 
 def hub_feature_extractor(name: str, handle: str, input_shape) -> keras.Model:
     """A Keras model wrapping the SavedModel of backbone ``name`` for images of ``input_shape``.
 
-    A SavedModel exported for one fixed size fails here with one line naming the size it accepts.
+    A SavedModel exported for one fixed size fails here with one line naming the size it accepts
+    (read from its signature before anything is traced).
     """
     inputs = keras.Input(shape=input_shape, name="hub_input")
+    layer = HubBackbone(handle, name="hub_layer")
+    requested = (input_shape[0], input_shape[1])
+    sizes = _signature_sizes(layer.call_endpoint_fn)
+    fits = [s for s in sizes if all(a is None or a == b for a, b in zip(s, requested))]
+    if sizes and not fits:
+        accepted = sorted(sizes, key=lambda s: (s[0] is None, s))[0]
+        raise _size_error(name, input_shape[0], _size_words(*accepted))
     try:
-        features = HubBackbone(handle, name="hub_layer")(inputs)
+        features = layer(inputs)
     except (ValueError, TypeError) as err:
-        size = _accepted_size(err)
-        accepted = f"it accepts {size} px images only: set image_size={size}" if size else \
-            "set image_size to the size it was exported for"
-        raise ModelError(f"the SavedModel of {name!r} does not accept {input_shape[0]} px images; {accepted}.") \
-            from None
+        raise _size_error(name, input_shape[0], _accepted_size(err, input_shape[0])) from None
     return keras.Model(inputs, features, name="hub_backbone")

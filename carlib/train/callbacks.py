@@ -4,9 +4,13 @@ that never saves a diverged epoch (R2), and early stopping that spans fine-tunin
 from __future__ import annotations
 
 import math
+import os
 import time
+from typing import Sequence
 
 import keras
+
+from carlib.models.build import add_class_names
 
 __all__ = ["EpochTimer", "EpochLine", "FiniteModelCheckpoint", "StageSpanningEarlyStopping"]
 
@@ -33,12 +37,35 @@ class EpochTimer(keras.callbacks.Callback):
 
 class FiniteModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """The best-only checkpoint, which never saves the weights of an epoch whose loss is NaN or infinite:
-    a diverged run keeps its best checkpoint so far (an exploded model can still score a high accuracy)."""
+    a diverged run keeps its best checkpoint so far (an exploded model can still score a high accuracy).
+
+    With ``class_names``, every file it saves carries them (:func:`carlib.models.build.save_model`'s format),
+    so ``carlib predict`` can name the classes of ``best.keras`` with nothing else present.
+    """
+
+    def __init__(self, filepath, *args, class_names: Sequence[str] | None = None, **kwargs):
+        super().__init__(filepath, *args, **kwargs)
+        self.class_names = tuple(class_names) if class_names is not None else None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and not math.isfinite(float(logs.get("loss", 0.0))):
             return
         super().on_epoch_end(epoch, logs)
+
+    def _save_model(self, epoch, batch, logs):
+        path = self._get_file_path(epoch, batch, logs)
+        before = _file_state(path)
+        super()._save_model(epoch, batch, logs)
+        if self.class_names is not None and _file_state(path) not in (before, None):
+            add_class_names(path, self.class_names)  # Keras wrote a new file: name its classes
+
+
+def _file_state(path) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 class EpochLine(keras.callbacks.Callback):

@@ -26,7 +26,7 @@ import numpy as np
 from carlib.base.locks import trial_lock
 from carlib.config import ExperimentConfig, as_config, default_results_dir
 from carlib.evaluate.tta import tta_predict
-from carlib.models.build import load_model
+from carlib.models.build import load_model, save_model
 from carlib.plots import plot_learning_curves
 from carlib.records.record import environment_info, new_record, new_run_id, utc_now
 from carlib.records.store import ResultsStore
@@ -175,7 +175,7 @@ def _callbacks(setup: TrainingSetup, run: _Run) -> list[keras.callbacks.Callback
     and history.csv (appended) span the whole run; a resumed trial gets the callbacks' state back."""
     config, monitor = setup.config, setup.data.monitor
     run.checkpoint = FiniteModelCheckpoint(run.run_dir / "best.keras", monitor=monitor, mode="max",
-                                           save_best_only=True)
+                                           save_best_only=True, class_names=setup.data.images.class_names)
     run.early = (StageSpanningEarlyStopping(monitor=monitor, mode="max", patience=config.early_stopping_patience)
                  if config.early_stopping_patience else None)
     # What a resumed trial must get back besides the weights: the callbacks' state.
@@ -224,7 +224,7 @@ def _fit_stages(setup: TrainingSetup, run: _Run, callbacks: list[keras.callbacks
             break
     if not restored:  # killed after its last epoch: nothing left to train, only to evaluate
         TrialBackup.restore_weights(model, run.state, new_optimizer=True)
-    model.save(run.run_dir / "last.keras")
+    save_model(model, run.run_dir / "last.keras", setup.data.images.class_names)  # the class names go inside
 
 
 def _evaluate(setup: TrainingSetup, run: _Run) -> dict[str, Any]:

@@ -15,43 +15,55 @@ from carlib.data.folders import list_class_images, prepare_data
 from carlib.data.synthetic import generate_car_dataset
 from carlib.errors import SubmissionError, SubmissionWarning
 from carlib.evaluate.submission import find_unreadable_images, predict_submission, score_submission, validate_submission
-from carlib.models.build import build_model
 from carlib.studies.parameters import load_params_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    """An untrained, saved 32 px model: the submission logic does not need accuracy."""
+def model_file(brightness, tmp_path_factory):
+    """A saved 32 px model whose class is the image's brightness (conftest.Brightness): its answer for every
+    test image is known, and differs from row to row, so a shifted row cannot pass unnoticed."""
     path = tmp_path_factory.mktemp("model") / "model.keras"
-    build_model("simple_cnn", 10, 32).save(path)
+    brightness.model().save(path)
     return path
 
 
 @pytest.fixture
-def data_dir(tmp_path):
-    """A fresh embedded-style dataset (competition layout) that a test may damage."""
-    return generate_car_dataset(tmp_path / "data", n_train=30, n_test=12, seed=2)
+def data_dir(brightness, tmp_path):
+    """A fresh embedded-style dataset (competition layout) that a test may damage; its test images are repainted
+    so that neighbouring rows of the sample submission belong to different brightness classes."""
+    root = generate_car_dataset(tmp_path / "data", n_train=30, n_test=12, seed=2)
+    test_dir = prepare_data(root).test_dir
+    for row, image_id in enumerate(_read(root / "sample-submission.csv")["Id"]):
+        brightness.paint(test_dir / image_id, (3 * row + 1) % 10, width=160 + 40 * row, height=120, seed=row)
+    return root
+
+
+def _oracle(brightness, data_dir, ids) -> list[str]:
+    """The class each test image's brightness says (PIL's decode, no carlib), as the submission spells it."""
+    test_dir = prepare_data(data_dir).test_dir
+    return [str(c) for c in brightness.oracle([test_dir / i for i in ids])[0]]
 
 
 def _read(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def test_rows_match_the_sample_submission_exactly(model_file, data_dir, tmp_path):
+def test_rows_match_the_sample_submission_exactly(model_file, data_dir, brightness, tmp_path):
     out = tmp_path / "submission.csv"
     submission = predict_submission(model_file, data_dir, out)
     written, sample = _read(out), _read(data_dir / "sample-submission.csv")
     assert list(written.columns) == list(sample.columns) == ["Id", "Category"]
     assert written["Id"].tolist() == sample["Id"].tolist()  # same Ids, same order, same format
-    assert set(written["Category"]) <= {str(c) for c in range(10)}
+    assert written["Category"].tolist() == _oracle(brightness, data_dir, sample["Id"])  # each row its own image's
+    assert written["Category"].tolist() == [str((3 * row + 1) % 10) for row in range(12)]
     assert submission.n_predicted == len(sample) and not submission.missing and not submission.unreadable
     assert out.read_text().splitlines()[0] == "Id,Category"
     assert not list(tmp_path.glob(".submission.csv.*"))  # the atomic write left no temporary file
 
 
-def test_predictions_are_those_of_the_model_for_each_file(model_file, data_dir, tmp_path):
+def test_predictions_are_those_of_the_model_for_each_file(model_file, data_dir, brightness, tmp_path):
     import keras
 
     from carlib.data.folders import ImageList
@@ -62,10 +74,11 @@ def test_predictions_are_those_of_the_model_for_each_file(model_file, data_dir, 
     ids = submission.frame["Id"].tolist()
     images = ImageList(tuple(str(layout.test_dir / i) for i in ids), np.zeros(len(ids), np.int32), tuple(map(str, range(10))))
     expected = predict_images(keras.models.load_model(model_file), images).argmax(axis=1).astype(str)
-    assert submission.frame["Category"].tolist() == expected.tolist()
+    assert submission.frame["Category"].tolist() == expected.tolist() == _oracle(brightness, data_dir, ids)
+    assert len(set(expected)) == 10  # the predictions vary: a row order shifted by one would fail
 
 
-def test_unreadable_image_is_named_and_gets_the_fallback_row(model_file, data_dir, tmp_path):
+def test_unreadable_image_is_named_and_gets_the_fallback_row(model_file, data_dir, brightness, tmp_path):
     layout = prepare_data(data_dir)  # extracts test.zip once
     sample = _read(data_dir / "sample-submission.csv")
     broken = sample["Id"].iloc[3]
@@ -83,9 +96,11 @@ def test_unreadable_image_is_named_and_gets_the_fallback_row(model_file, data_di
     assert submission.unreadable == (broken,)
     assert submission.source.tolist().count("predicted") == len(sample) - 1
     assert submission.source.iloc[3] == "fallback: unreadable"
+    others = written["Id"] != broken
+    assert written.loc[others, "Category"].tolist() == _oracle(brightness, data_dir, written.loc[others, "Id"])
 
 
-def test_missing_and_extra_files_are_reported_without_shifting_rows(model_file, data_dir, tmp_path):
+def test_missing_and_extra_files_are_reported_without_shifting_rows(model_file, data_dir, brightness, tmp_path):
     layout = prepare_data(data_dir)
     sample = _read(data_dir / "sample-submission.csv")
     gone = sample["Id"].iloc[0]
@@ -101,12 +116,15 @@ def test_missing_and_extra_files_are_reported_without_shifting_rows(model_file, 
     assert written[gone] == "4" and submission.missing == (gone,) and submission.extra == ("stray.jpg",)
     others = [i for i in sample["Id"] if i != gone]
     assert written[others].tolist() == clean[others].tolist()  # every other row kept its own prediction
+    assert written[others].tolist() == _oracle(brightness, data_dir, others)
 
 
-def test_tta_submission_keeps_the_rows(model_file, data_dir, tmp_path):
+def test_tta_submission_keeps_the_rows(model_file, data_dir, brightness, tmp_path):
     submission = predict_submission(model_file, data_dir, tmp_path / "s.csv", tta=3, tta_preset="light")
     assert submission.tta is not None and submission.tta.per_pass.shape[:2] == (3, 12)
-    assert _read(tmp_path / "s.csv")["Id"].tolist() == _read(data_dir / "sample-submission.csv")["Id"].tolist()
+    written = _read(tmp_path / "s.csv")
+    assert written["Id"].tolist() == _read(data_dir / "sample-submission.csv")["Id"].tolist()
+    assert written["Category"].tolist() == _oracle(brightness, data_dir, written["Id"])  # flips keep the brightness
 
 
 def test_validate_submission_names_every_problem(data_dir, tmp_path):

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import carlib
 from carlib.config import ExperimentConfig
-from carlib.errors import ConfigError
+from carlib.errors import ConfigError, ModelError
 from carlib.models.build import build_model, feature_extractor
 from carlib.models.hub_layer import HubBackbone
 from carlib.models.registry import get_backbone
@@ -158,3 +158,16 @@ def test_a_run_with_a_hub_backbone_two_stage(saved_module, fast_config):
     assert record["config"]["backbone"] == f"hub:{saved_module.resolve()}"
     assert [s["backbone_trainable_layers"] for s in record["training"]["stages"]] == [0, 1]
     assert record["metrics"]["val_accuracy_best"] is not None  # best.keras reloaded through carlib's loader
+
+
+def test_a_fixed_size_savedmodel_names_the_size_it_accepts_in_one_line(tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    path = tmp_path / "fixed"
+    keras.Model(inputs, features).export(str(path), verbose=False)  # a signature for 32 px images only
+    with pytest.raises(ModelError) as caught:
+        build_model(f"hub:{path}", 2, image_size=48)
+    message = str(caught.value)
+    assert "\n" not in message and "does not accept 48 px images" in message
+    assert "it accepts 32 px images only: set image_size=32" in message
+    assert build_model(f"hub:{path}", 2, image_size=32).output_shape == (None, 2)  # its own size works
