@@ -215,14 +215,24 @@ def _plan_text(needed: int | None, min_effect: float, n_now: int) -> str:
             f"{ALPHA:g} inflates false verdicts")
 
 
+def _differing(best: str, runner: str, parameters: Mapping[str, Mapping[str, Any]] | None) -> tuple[str, str]:
+    """The two configurations' names in a message: only the parameters in which they differ (all when none do)."""
+    if not parameters or best not in parameters or runner not in parameters:
+        return best, runner
+    a, b = parameters[best], parameters[runner]
+    keys = [k for k in a if str(a.get(k)) != str(b.get(k))] or list(a)
+    return _label(keys, tuple(a[k] for k in keys)), _label(keys, tuple(b[k] for k in keys))
+
+
 def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, int] | None = None,
            metric: str = "test_accuracy_best", alpha: float = ALPHA, min_effect: float = MIN_EFFECT,
-           plan: bool = True) -> Verdict:
+           plan: bool = True, parameters: Mapping[str, Mapping[str, Any]] | None = None) -> Verdict:
     """The verdict on numbers: ``values[label][seed]`` is a finished run's metric; ``failed[label]`` counts failures.
 
     Ranks the configurations by mean (ties by label), compares the best with the runner-up as the
     module's docstring says, and writes the message. ``plan=False`` skips the seed plan (faster, for
-    simulations).
+    simulations). ``parameters[label]`` (each configuration's scientific parameters) lets the
+    message name the two by the parameters in which they differ.
     """
     failed = {label: int(n) for label, n in (failed or {}).items() if n}
     means = {label: float(np.mean(list(v.values()))) for label, v in values.items() if len(v)}
@@ -242,10 +252,11 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
         message = ("only one configuration has finished runs: nothing to compare yet." if only else
                    "no finished runs yet.") + (f" ({named_failures})" if named_failures else "")
         return verdict(message, best=only, n_best=len(values[only]) if only else 0)
-    best, runner = ranked[0], ranked[1]
-    a, b = values[best], values[runner]
+    best_label, runner_label = ranked[0], ranked[1]
+    a, b = values[best_label], values[runner_label]
+    best, runner = _differing(best_label, runner_label, parameters)  # what the message calls them
     shared = sorted(set(a) & set(b), key=str)
-    common = dict(best=best, runner_up=runner, n_best=len(a), n_runner_up=len(b))
+    common = dict(best=best_label, runner_up=runner_label, n_best=len(a), n_runner_up=len(b))
     if len(shared) >= 2:
         d = np.array([a[s] - b[s] for s in shared], dtype=float)
         n, difference = len(d), float(d.mean())
@@ -291,7 +302,7 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
     p_value = fields["p_value"]
     p_text = f"p={p_value:.3g}"
     decisive = p_value < alpha and difference > 0
-    unstable = failed.get(best, 0)
+    unstable = failed.get(best_label, 0)
     if fields["test"] == "sign test":  # every pair differs by the same amount: no interval to give
         n = fields["n_pairs"]
         basis = f"all {n} seeds both ran differ by exactly {_fmt(difference)}; sign test, {p_text}"
@@ -316,7 +327,7 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
     if k >= 3:
         message += (f" Winner's curse: {best} is the best of {k} configurations on this very metric, so its mean is "
                     "optimistic; confirm it with fresh seeds before quoting it.")
-    others = {label: n for label, n in failed.items() if label != best or not unstable}
+    others = {label: n for label, n in failed.items() if label != best_label or not unstable}
     if others:
         message += " Failed runs: " + "; ".join(f"{label} failed {n}" for label, n in sorted(others.items())) + "."
     return verdict(message, decisive=decisive, **fields)
@@ -335,11 +346,13 @@ def compare_top_two(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_
     finished = _finished(frame, metric)
     values: dict[str, dict[Any, float]] = {}
     failed: dict[str, int] = {}
+    parameters: dict[str, dict[str, Any]] = {}
     for index, (key, group) in enumerate(_groups(frame, by)):
         label = _label(by, key)
+        parameters[label] = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         ok = group[finished.loc[group.index]]
         seeds = ok["seed"] if "seed" in ok else pd.Series(range(len(ok)), index=ok.index) + index * 10**6
         values[label] = dict(zip(seeds.tolist(), pd.to_numeric(ok[metric]).astype(float).tolist()))
         failed[label] = int((group["status"] != "ok").sum())
     return decide({label: v for label, v in values.items() if v}, failed=failed, metric=metric, alpha=alpha,
-                  min_effect=min_effect)
+                  min_effect=min_effect, parameters=parameters)

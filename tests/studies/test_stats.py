@@ -163,6 +163,8 @@ def test_two_scientific_parameters_label_each_configuration_with_both():
     verdict = compare_top_two(frame, ["lr", "schedule"])
     assert verdict.best == "lr=0.01, schedule=cosine" and verdict.runner_up == "lr=0.01, schedule=constant"
     assert verdict.n_pairs == 3
+    assert "schedule=cosine − schedule=constant" in verdict.message or "schedule=cosine beats schedule=constant" in \
+        verdict.message  # the message names them by what differs
 
 
 def test_winners_curse_is_flagged_among_three_or_more():
