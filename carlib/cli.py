@@ -33,7 +33,8 @@ _RESULTS_DIR_HELP = "results store (default: $CARLIB_RESULTS_DIR or ./results)"
 def _cmd_results(args: argparse.Namespace) -> int:
     from carlib.records.store import load_results  # deferred: pandas
 
-    frame = load_results(args.results_dir, study=args.study)
+    stores = args.results_dir or [None]
+    frame = load_results(stores[0] if len(stores) == 1 else stores, study=args.study)
     verdict = None
     if args.summary:
         if not args.study:
@@ -56,7 +57,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         print(frame.to_markdown(index=False, floatfmt=".4g"))
     elif frame.empty:
-        print(f"no runs in {args.results_dir or 'the results store'} yet")
+        print(f"no runs in {', '.join(args.results_dir) if args.results_dir else 'the results store'} yet")
     else:
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if verdict is not None and args.format != "csv":
@@ -78,19 +79,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from carlib.studies.run import study_summary, study_verdict
-    from carlib.studies.sweep import expand_trials, load_sweep, run_sweep
+    from carlib.studies.sweep import load_sweep, run_sweep
 
     spec = load_sweep(args.sweep_file)
-    if args.dry_run:
-        for trial in expand_trials(spec):
-            print(trial.trial_id, {k: v for k, v in trial.params.items() if k not in ("trial_id", "study", "seeds")})
-        return 0
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
     report = run_sweep(spec, results_dir=args.results_dir, workers=args.workers, gpus=gpus, shard=args.shard,
-                       kernel=args.kernel, progress=not args.no_progress)
+                       kernel=args.kernel, progress=not args.no_progress, engine=args.engine, address=args.address,
+                       gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, retries=args.retries,
+                       dry_run=args.dry_run)
+    if args.dry_run:
+        for trial in report.trials:
+            print(trial.trial_id, {k: v for k, v in trial.params.items() if k not in ("trial_id", "study", "seeds")},
+                  *(["(finished)"] if trial.trial_id in report.skipped else []))
+        return 0
+    retried = sum(1 for n in report.attempts.values() if n > 1)
     print(f"sweep {spec.study}: {len(report.ok)} trial(s) ran, {len(report.failed)} failed, "
           f"{len(report.skipped)} already finished (skipped)"
-          + (f", {len(report.busy)} left to another sweep running them" if report.busy else ""))
+          + (f", {len(report.busy)} left to another sweep running them" if report.busy else "")
+          + (f"; {retried} retried after their process died" if retried else ""))
     if report.failed:
         print("failed trials (logs in <results_dir>/notebooks/<trial_id>.log): " + ", ".join(report.failed))
     if spec.study in STUDIES:
@@ -275,7 +281,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     results = sub.add_parser("results", help="print the combined results table")
-    results.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
+    results.add_argument("--results-dir", action="append", default=None,
+                         help=_RESULTS_DIR_HELP + "; repeat it to read several stores as one (a sharded sweep's)")
     results.add_argument("--study", default=None, help="only runs of this study")
     results.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
     results.add_argument("--summary", action="store_true", help="mean and std across seeds per configuration")
@@ -288,13 +295,30 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a study grid x seeds through papermill (resumable)")
     sweep.add_argument("sweep_file", help="YAML: notebook, study, base, grid, seeds (params/<study>/sweep-*.yaml)")
     sweep.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
-    sweep.add_argument("--workers", type=int, default=1, help="trials run in parallel")
+    sweep.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: processes of this machine (default); ray: one Ray task per trial, on a private "
+                            "Ray instance or the cluster at --address (pip install \"carlib[ray]\")")
+    sweep.add_argument("--address", default=None,
+                       help="ray: the cluster to join (auto, or ray://HOST:10001); default: a private instance here")
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="trials run at once (local: default 1; ray: default as many as the cluster has room for)")
     sweep.add_argument("--gpus", default=None,
-                       help="comma-separated GPU ids; worker i uses one of them (CUDA_VISIBLE_DEVICES)")
-    sweep.add_argument("--shard", default=None, help="i/n: run only this machine's share of the trials (1-based)")
+                       help="local: comma-separated GPU ids shared out to the workers (CUDA_VISIBLE_DEVICES); "
+                            "default: the machine's")
+    sweep.add_argument("--gpus-per-trial", type=float, default=None,
+                       help="GPUs each trial gets: 1 (default where there are GPUs), 0 (CPU only), a fraction such as "
+                            "0.5 (two trials share a GPU, memory growth on) or 2+ (a mirrored strategy)")
+    sweep.add_argument("--cpus-per-trial", type=float, default=1, help="ray: CPUs each trial reserves (default 1)")
+    sweep.add_argument("--retries", type=int, default=1,
+                       help="times a trial whose process, kernel or Ray worker died is run again (default 1); "
+                            "an error inside the trial is recorded, not retried")
+    sweep.add_argument("--shard", default=None,
+                       help="i/n: run only this machine's share of the trials (1-based); auto: from a Slurm job array "
+                            "or a Kubernetes Indexed Job")
     sweep.add_argument("--kernel", default="python3",
                        help="Jupyter kernel for papermill (-k); default python3, this environment's own kernel")
-    sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list this shard's trials (finished ones marked) and exit; runs nothing")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     predict = sub.add_parser("predict", help="write a validated submission CSV for the test images")
