@@ -1,7 +1,7 @@
 """The ``carlib`` command: parses arguments and dispatches to the package; nothing else happens here.
 
-Commands: ``results``, ``run``, ``sweep``, ``predict``, ``report``, ``bench`` (and ``bench recipe``),
-``data``. Flags spell the parameter vocabulary with dashes (``--results-dir``, ``--val-split``);
+Commands: ``results``, ``run``, ``sweep``, ``predict``, ``report``, ``bench`` (and ``bench recipe``,
+``bench sweep``), ``data``. Flags spell the parameter vocabulary with dashes (``--results-dir``, ``--val-split``);
 ``--params FILE.yaml`` reads the same names with underscores, and flags override it. Every carlib
 error ends as one ``carlib: error: …`` line and exit status 2.
 
@@ -211,6 +211,22 @@ def _cmd_bench_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_sweep(args: argparse.Namespace) -> int:
+    """``carlib bench sweep``: each engine's cost per trial and the speed-up of two workers; a table or JSON lines."""
+    from carlib.bench.sweep import format_sweep_figures, sweep_benchmark  # deferred: TensorFlow, Ray
+
+    say = (lambda text: None) if args.json else (lambda text: print(f"carlib bench sweep: {text}", file=sys.stderr,
+                                                                    flush=True))
+    figures = sweep_benchmark(args.data_dir, trials=args.trials, image_size=args.image_size, epochs=args.epochs,
+                              rounds=args.rounds, say=say)
+    if args.json:
+        for figure in figures:
+            print(json.dumps(figure))
+    else:
+        print(format_sweep_figures(figures))
+    return 0
+
+
 # ------------------------------------------------------------------------------- parsers
 def _parameter_flag_help(name: str) -> tuple[str, str]:
     """The metavar and help of a ``carlib run`` parameter flag, from the config's own description."""
@@ -235,7 +251,8 @@ def _add_run_parser(sub, *, with_parameters: bool) -> None:
 def _add_bench_parsers(sub) -> None:
     bench = sub.add_parser("bench", help="speed figures: decode limit, pipeline per preset, old way, transforms, "
                                          "feed ratio, harness overhead; `carlib bench recipe`: the CPU recipe "
-                                         "against a plain Keras CNN")
+                                         "against a plain Keras CNN; `carlib bench sweep`: the sweep engines' cost "
+                                         "per trial")
     bench.add_argument("measurements", nargs="*", metavar="MEASUREMENT",
                        help="any of decode, pipeline, oldway, transforms, feed, harness (default: all)")
     bench.add_argument("--data-dir", default=None, help="dataset (default: the embedded dataset)")
@@ -272,6 +289,18 @@ def _bench_recipe_parser() -> argparse.ArgumentParser:
                         "dataset has no test-answers.csv")
     parser.add_argument("--results-dir", default=None, help="where the recipe's runs are recorded "
                         "(default: $CARLIB_RESULTS_DIR or ./results)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line per figure")
+    return parser
+
+
+def _bench_sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carlib bench sweep", description="What each sweep engine (local, ray) adds "
+                                     "to the same tiny trials, and the speed-up of two workers over one.")
+    parser.add_argument("--data-dir", default=None, help="dataset (default: a synthetic one of 80 training images)")
+    parser.add_argument("--trials", type=int, default=4, help="trials per sweep (default 4)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the four sweeps (median; default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per figure")
     return parser
 
@@ -371,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:2] == ["bench", "recipe"]:  # its own options: the recipe against a plain Keras CNN
             return _cmd_bench_recipe(_bench_recipe_parser().parse_args(argv[2:]))
+        if argv[:2] == ["bench", "sweep"]:  # its own options: the sweep engines' cost per trial
+            return _cmd_bench_sweep(_bench_sweep_parser().parse_args(argv[2:]))
         command = next((a for a in argv if not a.startswith("-")), None)
         parser = _parser(command)
         args, unknown = parser.parse_known_args(argv)

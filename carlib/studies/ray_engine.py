@@ -201,7 +201,10 @@ def run_ray(todo: Sequence[Trial], notebook: Path, store: ResultsStore, report: 
         env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if 0 < share < 1 else {}
         if share == 0 and ray.cluster_resources().get("GPU", 0):
             env["CUDA_VISIBLE_DEVICES"] = ""  # Ray leaves a task without GPUs every GPU of its node: hide them
-        task = ray.remote(num_cpus=cpus_per_trial, num_gpus=share, max_retries=0)(run_trial_task)
+        # max_retries=0: the driver retries itself and counts the attempts; max_calls=0: a worker runs trial after
+        # trial (Ray's default for GPU tasks starts a new worker each time, to free GPU memory that only the
+        # trial's own child process ever holds here)
+        task = ray.remote(num_cpus=cpus_per_trial, num_gpus=share, max_retries=0, max_calls=0)(run_trial_task)
         notebook_ref = ray.put(notebook.read_bytes())
         waiting = collections.deque(todo)
         running: dict[Any, tuple[Trial, int, float]] = {}  # task -> (trial, its attempt, when its first began)

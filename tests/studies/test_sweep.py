@@ -287,3 +287,16 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(tmp_path, write
     assert run.stderr.strip().splitlines() == ['carlib: error: the ray engine needs Ray, an optional extra: pip install '
                                                '"carlib[ray]" (or leave --engine out: the local engine needs nothing '
                                                'more)']
+
+
+def test_carlib_results_reads_the_shards_stores_as_one_table(tmp_path, capsys):
+    shards = [tmp_path / "shard-0", tmp_path / "shard-1"]
+    for index, store in enumerate(shards):
+        ResultsStore(store).write(new_record(run_id=f"run-{index}", study="lr_study", config={"lr": 1e-3 * (index + 1)},
+                                             started_at=f"2026-01-0{index + 1}", status="ok", metrics={}))
+    ResultsStore(shards[1]).write(new_record(run_id="run-0", study="lr_study", config={"lr": 1e-3},
+                                             started_at="2026-01-01", status="ok", metrics={}))  # a copy of run-0
+    assert main(["results", "--results-dir", str(shards[0]), "--results-dir", str(shards[1]), "--format", "csv"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["run-0", "run-1"]  # each run once, oldest first
+    assert list(load_results([str(s) for s in shards])["run_id"]) == ["run-0", "run-1"]
