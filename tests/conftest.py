@@ -49,6 +49,6 @@ def ray_instance():
     import logging
 
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
+             logging_level=logging.ERROR, _system_config={"worker_niceness": 0})  # as a sweep's own instance
     yield ray
     ray.shutdown()

@@ -51,8 +51,11 @@ def _timed_sweep(spec: SweepSpec, engine: str, workers: int, store: Path) -> dic
     wall = time.perf_counter() - start
     records = ResultsStore(store).records()
     if report.failed or len(records) != len(report.ok) or any(r["status"] != "ok" for r in records):
-        logs = ", ".join(str(store / "notebooks" / f"{t}.log") for t in report.failed)
-        raise TrainingError(f"sweep benchmark: a trial failed on the {engine} engine ({logs or 'no record'})")
+        errors = [r.get("error") for r in records if r["status"] != "ok"]
+        log = store / "notebooks" / f"{report.failed[0]}.log" if report.failed else None
+        tail = log.read_text(errors="replace").strip().splitlines()[-20:] if log and log.is_file() else []
+        raise TrainingError(f"sweep benchmark: {len(report.failed)} trial(s) failed on the {engine} engine "
+                            f"({workers} at once): {errors[:1]}\n" + "\n".join(tail))
     return {"wall_s": wall, "run_s": sum(float(r["timings"]["total_s"]) for r in records), "trials": len(records)}
 
 

@@ -10,7 +10,8 @@ Exit status: 0 when every cell ran, 1 when a cell raised (the executed notebook 
 :data:`DEAD_KERNEL_EXIT` when the kernel itself died (killed from outside, or by the
 out-of-memory killer): a sweep retries that, not a cell's error. With ``--parent-pid`` the process
 dies with the process that started it (Linux), and its kernel follows within a second (ipykernel
-watches its parent): a Ray worker killed mid-trial leaves no orphan training on.
+watches its parent): a Ray worker that dies mid-trial leaves no orphan training on, even where no
+raylet is left to kill the worker's process group.
 """
 
 from __future__ import annotations

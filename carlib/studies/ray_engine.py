@@ -76,8 +76,9 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
         except (ConnectionError, ValueError, RuntimeError) as err:
             raise ConfigError(f"--address {address}: cannot join that Ray cluster ({err}). 'auto' joins the "
                               "cluster this machine belongs to (ray start); ray://HOST:10001 a remote one.") from None
-    else:  # "local": a new instance of this sweep's own, even where another one runs
-        ray.init(address="local", include_dashboard=False, **options)
+    else:  # "local": a new instance of this sweep's own, even where another one runs. Its workers, and so the
+        # trials, run at normal priority as the local engine's do (Ray's default niceness for workers is 15)
+        ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0}, **options)
     try:
         yield ray
     finally:
