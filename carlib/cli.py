@@ -1,11 +1,12 @@
 """The ``carlib`` command: parses arguments and dispatches to the package; nothing else happens here.
 
 Commands: ``results``, ``run``, ``sweep``, ``predict``, ``export``, ``report``, ``bench`` (and
-``bench recipe``), ``data``. Flags spell the parameter vocabulary with dashes (``--results-dir``,
-``--val-split``); ``--params FILE.yaml`` reads the same names with underscores, and flags override it.
-Every carlib error ends as one ``carlib: error: …`` line and exit status 2. Every flag's ``--help``
-line ends with its type, default and allowed values (:class:`_HelpFormatter`); ``carlib run``'s come
-from the config's own field definitions (:func:`carlib.config.parameter_help`).
+``bench recipe``, ``bench sweep``, ``bench verdicts``), ``data``. Flags spell the parameter vocabulary
+with dashes (``--results-dir``, ``--val-split``); ``--params FILE.yaml`` reads the same names with
+underscores, and flags override it. Every carlib error ends as one ``carlib: error: …`` line and exit
+status 2. Every flag's ``--help`` line ends with its type, default and allowed values
+(:class:`_HelpFormatter`); ``carlib run``'s come from the config's own field definitions
+(:func:`carlib.config.parameter_help`).
 
 Each command imports what it runs when it runs (deferred imports, marked): ``carlib results``
 never imports TensorFlow.
@@ -37,7 +38,8 @@ _RESULTS_DIR_HELP = "results store (default: $CARLIB_RESULTS_DIR or ./results)"
 def _cmd_results(args: argparse.Namespace) -> int:
     from carlib.records.store import load_results  # deferred: pandas
 
-    frame = load_results(args.results_dir, study=args.study)
+    stores = args.results_dir or [None]
+    frame = load_results(stores[0] if len(stores) == 1 else stores, study=args.study)
     verdict = None
     if args.summary:
         if not args.study:
@@ -60,7 +62,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         print(frame.to_markdown(index=False, floatfmt=".4g"))
     elif frame.empty:
-        print(f"no runs in {args.results_dir or 'the results store'} yet")
+        print(f"no runs in {', '.join(args.results_dir) if args.results_dir else 'the results store'} yet")
     else:
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if verdict is not None and args.format != "csv":
@@ -84,19 +86,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from carlib.studies.run import study_summary, study_verdict
-    from carlib.studies.sweep import expand_trials, load_sweep, run_sweep
+    from carlib.studies.sweep import load_sweep, run_sweep
 
     spec = load_sweep(args.sweep_file)
-    if args.dry_run:
-        for trial in expand_trials(spec):
-            print(trial.trial_id, {k: v for k, v in trial.params.items() if k not in ("trial_id", "study", "seeds")})
-        return 0
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
     report = run_sweep(spec, results_dir=args.results_dir, workers=args.workers, gpus=gpus, shard=args.shard,
-                       kernel=args.kernel, progress=not args.no_progress)
+                       kernel=args.kernel, progress=not args.no_progress, engine=args.engine, address=args.address,
+                       gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, retries=args.retries,
+                       dry_run=args.dry_run)
+    if args.dry_run:
+        for trial in report.trials:
+            print(trial.trial_id, {k: v for k, v in trial.params.items() if k not in ("trial_id", "study", "seeds")},
+                  *(["(finished)"] if trial.trial_id in report.skipped else []))
+        return 0
+    retried = sum(1 for n in report.attempts.values() if n > 1)
     print(f"sweep {spec.study}: {len(report.ok)} trial(s) ran, {len(report.failed)} failed, "
           f"{len(report.skipped)} already finished (skipped)"
-          + (f", {len(report.busy)} left to another sweep running them" if report.busy else ""))
+          + (f", {len(report.busy)} left to another sweep running them" if report.busy else "")
+          + (f"; {retried} retried after their process died" if retried else ""))
     if report.failed:
         print("failed trials (logs in <results_dir>/notebooks/<trial_id>.log): " + ", ".join(report.failed))
     if spec.study in STUDIES:
@@ -247,6 +254,22 @@ def _cmd_bench_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_sweep(args: argparse.Namespace) -> int:
+    """``carlib bench sweep``: each engine's cost per trial and the speed-up of two workers; a table or JSON lines."""
+    from carlib.bench.sweep import format_sweep_figures, sweep_benchmark  # deferred: TensorFlow, Ray
+
+    say = (lambda text: None) if args.json else (lambda text: print(f"carlib bench sweep: {text}", file=sys.stderr,
+                                                                    flush=True))
+    figures = sweep_benchmark(args.data_dir, trials=args.trials, image_size=args.image_size, epochs=args.epochs,
+                              rounds=args.rounds, say=say)
+    if args.json:
+        for figure in figures:
+            print(json.dumps(figure))
+    else:
+        print(format_sweep_figures(figures))
+    return 0
+
+
 def _cmd_bench_verdicts(args: argparse.Namespace) -> int:
     """``carlib bench verdicts``: false-verdict rate and power of the verdict code on simulated studies."""
     from carlib.bench.verdicts import format_cells, simulate_verdicts  # deferred: scipy
@@ -394,7 +417,7 @@ def _add_bench_parsers(sub) -> None:
     bench = sub.add_parser("bench", help="speed figures: decode limit, pipeline per preset, old way, transforms, "
                                          "feed ratio, harness overhead; `carlib bench recipe`: the CPU recipe "
                                          "against a plain Keras CNN; `carlib bench verdicts`: the statistics on "
-                                         "simulated studies")
+                                         "simulated studies; `carlib bench sweep`: the sweep engines' cost per trial")
     bench.add_argument("measurements", nargs="*", metavar="MEASUREMENT",
                        help="any of decode, pipeline, oldway, transforms, feed, harness (default: all)")
     bench.add_argument("--data-dir", default=None, help="the dataset to measure on (default: the embedded dataset)")
@@ -437,6 +460,19 @@ def _bench_recipe_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench_sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carlib bench sweep", description="What each sweep engine (local, ray) adds "
+                                     "to the same tiny trials, and the speed-up of two workers over one.",
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--data-dir", default=None, help="dataset (default: a synthetic one of 80 training images)")
+    parser.add_argument("--trials", type=int, default=4, help="trials per sweep (default 4)")
+    parser.add_argument("--image-size", type=int, default=32, help="image size of the tiny trials (pixels)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of the tiny trials")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the four sweeps (median; default 1)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line per figure")
+    return parser
+
+
 def _bench_verdicts_parser() -> argparse.ArgumentParser:
     from carlib.bench.verdicts import KS, NS, RHOS  # deferred: scipy
 
@@ -471,7 +507,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     results = sub.add_parser("results", help="print the combined results table")
-    results.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
+    results.add_argument("--results-dir", action="append", default=None,
+                         help=_RESULTS_DIR_HELP + "; repeat it to read several stores as one (a sharded sweep's)")
     results.add_argument("--study", default=None, help="only runs of this study (default: every study)")
     results.add_argument("--format", choices=("table", "csv", "markdown"), default="table", help="output format")
     results.add_argument("--summary", action="store_true",
@@ -490,15 +527,30 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a study grid x seeds through papermill (resumable)")
     sweep.add_argument("sweep_file", help="YAML: notebook, study, base, grid, seeds (params/<study>/sweep-*.yaml)")
     sweep.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
-    sweep.add_argument("--workers", type=int, default=1, help="trials run in parallel")
+    sweep.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: processes of this machine (default); ray: one Ray task per trial, on a private "
+                            "Ray instance or the cluster at --address (pip install \"carlib[ray]\")")
+    sweep.add_argument("--address", default=None,
+                       help="ray: the cluster to join (auto, or ray://HOST:10001); default: a private instance here")
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="trials run at once (local: default 1; ray: default as many as the cluster has room for)")
     sweep.add_argument("--gpus", default=None,
-                       help="comma-separated GPU ids; worker i uses one of them (CUDA_VISIBLE_DEVICES) "
-                            "(default: not pinned: every worker sees every GPU)")
-    sweep.add_argument("--shard", default=None, help="i/n: run only this machine's share of the trials (1-based) "
-                       "(default: every trial)")
+                       help="local: comma-separated GPU ids shared out to the workers (CUDA_VISIBLE_DEVICES) "
+                            "(default: the machine's)")
+    sweep.add_argument("--gpus-per-trial", type=float, default=None,
+                       help="GPUs each trial gets: 1 (default where there are GPUs), 0 (CPU only), a fraction such as "
+                            "0.5 (two trials share a GPU, memory growth on) or 2+ (a mirrored strategy)")
+    sweep.add_argument("--cpus-per-trial", type=float, default=1, help="ray: CPUs each trial reserves")
+    sweep.add_argument("--retries", type=int, default=1,
+                       help="times a trial whose process, kernel or Ray worker died is run again (default 1); "
+                            "an error inside the trial is recorded, not retried")
+    sweep.add_argument("--shard", default=None,
+                       help="i/n: run only this machine's share of the trials (1-based); auto: from a Slurm job array "
+                            "or a Kubernetes Indexed Job (default: every trial)")
     sweep.add_argument("--kernel", default="python3",
-                       help="Jupyter kernel for papermill (-k); python3 is this environment's own kernel")
-    sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+                       help="Jupyter kernel for papermill (-k); default python3, this environment's own kernel")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list this shard's trials (finished ones marked) and exit; runs nothing")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     predict = sub.add_parser("predict", help="predict photos (PATH…: one row per image), or write a validated "
@@ -566,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_bench_recipe(_bench_recipe_parser().parse_args(argv[2:]))
         if argv[:2] == ["bench", "verdicts"]:  # its own options: the statistics on simulated studies
             return _cmd_bench_verdicts(_bench_verdicts_parser().parse_args(argv[2:]))
+        if argv[:2] == ["bench", "sweep"]:  # its own options: the sweep engines' cost per trial
+            return _cmd_bench_sweep(_bench_sweep_parser().parse_args(argv[2:]))
         command = next((a for a in argv if not a.startswith("-")), None)
         parser = _parser(command)
         args, unknown = parser.parse_known_args(argv)

@@ -8,6 +8,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Ray instances of the tests (and of the sweeps they start) listen on the loopback address only: Ray's switch for
+# single-machine use (its default on macOS and Windows), read when ray is imported and inherited by subprocesses.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest  # noqa: E402
 
@@ -109,3 +112,14 @@ class Brightness:
 def brightness():
     """The 10-class brightness model's recipe (see :class:`Brightness`)."""
     return Brightness()
+@pytest.fixture(scope="session")
+def ray_instance():
+    """One local Ray instance for the whole test run: 2 CPUs and 2 declared GPUs (Ray schedules by them and sets
+    CUDA_VISIBLE_DEVICES, no hardware needed), on the loopback address (see above); shut down when the run ends."""
+    ray = pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install -e '.[dev,ray]'")
+    import logging
+
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, _system_config={"worker_niceness": 0})  # as a sweep's own instance
+    yield ray
+    ray.shutdown()

@@ -8,7 +8,8 @@ A record is one JSON document per run (:class:`~carlib.records.store.ResultsStor
 - ``data``, ``checkpoint``, ``training``, ``history``, ``metrics``, ``timings``: what the run
   read, saved, how it computed, each epoch, and the scores (filled by
   :func:`carlib.train.experiment.run_experiment`);
-- ``versions`` and ``hardware``: the libraries and the machine;
+- ``versions`` and ``hardware``: the libraries and the machine (its name, and the GPUs the run was given);
+- ``sweep``: for a sweep's trial, the engine that ran it and how many attempts it took;
 - ``error`` (and ``traceback``) when it failed.
 
 :func:`new_record` makes the skeleton for a run; :func:`failed_trial_record` is what the sweep
@@ -53,6 +54,9 @@ def environment_info(gpus: list[str] | None = None) -> dict[str, Any]:
     """Library versions and hardware, recorded with every run (read from package metadata: nothing is imported).
 
     ``gpus``: the GPU names the run saw (the training runtime knows them); ``None`` when unknown.
+    ``host`` and ``cuda_visible_devices`` say where the run ran: the machine, and the GPUs it was given
+    (``CUDA_VISIBLE_DEVICES`` as the run saw it, set by a sweep's ``--gpus``, Ray or a scheduler; ``None``
+    when unset, i.e. every GPU of the machine).
     """
     return {
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in _VERSIONED}},
@@ -61,6 +65,8 @@ def environment_info(gpus: list[str] | None = None) -> dict[str, Any]:
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
             "gpus": list(gpus) if gpus is not None else None,
+            "host": platform.node(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         },
     }
 

@@ -17,7 +17,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -76,16 +76,28 @@ class ResultsStore:
                 continue
             if study is None or record.get("study") == study:
                 found.append(record)
-        return sorted(found, key=lambda r: (str(r.get("started_at") or ""), str(r["run_id"])))
+        return sorted(found, key=_record_order)
 
     def table(self, study: str | None = None) -> pd.DataFrame:
         """The combined results table: one row per run, config fields and metrics as columns."""
         return records_to_frame(self.records(study))
 
 
-def load_results(results_dir: str | os.PathLike | None = None, study: str | None = None) -> pd.DataFrame:
-    """The combined results table of a store (default: ``$CARLIB_RESULTS_DIR`` or ``./results``)."""
-    return ResultsStore(results_dir).table(study)
+def load_results(results_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                 study: str | None = None) -> pd.DataFrame:
+    """The combined results table of a store (default: ``$CARLIB_RESULTS_DIR`` or ``./results``).
+
+    A list of stores (the shards of one sweep, each machine's own) gives one table of all their
+    runs; a run found in several (a store and its copy) counts once.
+    """
+    if results_dir is None or isinstance(results_dir, (str, os.PathLike)):
+        return ResultsStore(results_dir).table(study)
+    runs = {r["run_id"]: r for store in results_dir for r in ResultsStore(store).records(study)}
+    return records_to_frame(sorted(runs.values(), key=_record_order))
+
+
+def _record_order(record: dict[str, Any]) -> tuple[str, str]:
+    return (str(record.get("started_at") or ""), str(record["run_id"]))
 
 
 def _json_default(value: Any) -> Any:

@@ -11,49 +11,49 @@ A sweep file (YAML)::
 Each trial gets a stable id from its parameters, so a rerun skips trials whose record is
 already in the store (``status == "ok"``) and runs only the missing or failed ones; a trial
 killed mid-training resumes from its last finished epoch (:mod:`carlib.train.resume`). A failing
-trial is recorded as failed, with the error, and the others go on; so is a worker killed from
-outside (the error names the signal). Sweeps sharing a store claim each trial while they run
-it (``claims/<trial_id>.lock``), so two sweeps never run one trial at once. Trials can run in
-parallel workers (one GPU each through ``CUDA_VISIBLE_DEVICES``) or be split into shards so
-several machines share one sweep and one results store. Executed notebooks and their logs
-are kept in ``<results_dir>/notebooks/<trial_id>.ipynb|.log``.
+trial is recorded as failed, with the error, and the others go on; a trial whose process or
+kernel is killed from outside is retried (``retries``), then recorded as failed naming the death.
+Sweeps sharing a store claim each trial while they run it (``claims/<trial_id>.lock``), so two
+sweeps never run one trial at once. Executed notebooks and their logs are kept in
+``<results_dir>/notebooks/<trial_id>.ipynb|.log``.
+
+Two engines run the trials: ``local`` (:mod:`carlib.studies.local_engine`: parallel processes of
+this machine, one GPU slot each) and ``ray`` (:mod:`carlib.studies.ray_engine`: one Ray task per
+trial, on this machine or a cluster, the driver the store's only writer). Shards (``i/n``, or
+``auto`` from a Slurm job array or a Kubernetes Indexed Job) split a sweep between machines.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import itertools
 import json
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 
-from carlib.base.locks import try_lock
+from carlib.base.devices import visible_gpus
 from carlib.base.project_files import resolve_project_file
 from carlib.config import ExperimentConfig, check_known, default_results_dir, load_yaml_mapping
 from carlib.errors import ConfigError
-from carlib.records.record import failed_trial_record
 from carlib.records.store import ResultsStore
-from carlib.studies.notebook_run import notebook_command
+from carlib.studies.local_engine import finished_trial_ids, run_local
 from carlib.studies.parameters import STUDY_PARAMETERS
+from carlib.studies.ray_engine import import_ray, run_ray
+from carlib.studies.trials import KERNEL_START_TIMEOUT_S, SweepReport, Trial, gpu_slots
 
-__all__ = ["SweepSpec", "Trial", "SweepReport", "load_sweep", "expand_trials", "run_sweep", "parse_shard",
-           "check_kernel"]
+__all__ = ["SweepSpec", "Trial", "SweepReport", "ENGINES", "KERNEL_START_TIMEOUT_S", "load_sweep", "expand_trials",
+           "run_sweep", "parse_shard", "check_kernel"]
 
 _SWEEP_KEYS = ("notebook", "study", "base", "grid", "seeds", "description")
-KERNEL_START_TIMEOUT_S = 600
+ENGINES = ("local", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,25 +66,6 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     seeds: int = 1
     description: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    """One execution: all parameters of the notebook, and an id derived from them."""
-
-    trial_id: str
-    params: dict[str, Any]
-
-
-@dataclasses.dataclass
-class SweepReport:
-    """What a sweep did: trial ids run (ok or failed), skipped because already finished, and
-    left to another sweep that was running them (``busy``: rerun the sweep later to be sure)."""
-
-    ok: list[str] = dataclasses.field(default_factory=list)
-    failed: list[str] = dataclasses.field(default_factory=list)
-    skipped: list[str] = dataclasses.field(default_factory=list)
-    busy: list[str] = dataclasses.field(default_factory=list)
 
 
 def _find_notebook(value: str, sweep_file: Path) -> Path:
@@ -158,17 +139,61 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
     return trials
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` (1-based: ``1/2`` and ``2/2``) → (index, count)."""
+def parse_shard(text: str | None, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``"i/n"`` (1-based: ``1/2`` and ``2/2``) → (index, count); ``"auto"`` reads the scheduler's variables.
+
+    ``auto``: a Slurm job array (``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT``; the ids may
+    start at ``SLURM_ARRAY_TASK_MIN`` and step by ``SLURM_ARRAY_TASK_STEP``, as in ``--array=1-8`` or
+    ``--array=0-14:2``) or a Kubernetes Indexed Job (``JOB_COMPLETION_INDEX``, 0-based, and
+    ``JOB_COMPLETIONS``, which the Job's manifest sets to its ``completions``: Kubernetes does not
+    pass the count itself). ``environ`` stands in for ``os.environ``.
+    """
     if not text:
         return (1, 1)
+    if text == "auto":
+        return _scheduler_shard(os.environ if environ is None else environ)
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ConfigError(f"shard={text!r}: expected i/n with 1 <= i <= n, e.g. 1/2.") from None
+        raise ConfigError(f"shard={text!r}: expected i/n with 1 <= i <= n, e.g. 1/2, or auto.") from None
     if not 1 <= index <= count:
-        raise ConfigError(f"shard={text!r}: expected i/n with 1 <= i <= n, e.g. 1/2.")
+        raise ConfigError(f"shard={text!r}: expected i/n with 1 <= i <= n, e.g. 1/2, or auto.")
     return (index, count)
+
+
+def _integer(environ: Mapping[str, str], name: str, default: int | None = None) -> int:
+    value = environ.get(name)
+    if value in (None, ""):
+        if default is not None:
+            return default
+        raise ConfigError(f"shard=auto: {name} is not set.")
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"shard=auto: {name}={value!r} is not an integer.") from None
+
+
+def _scheduler_shard(environ: Mapping[str, str]) -> tuple[int, int]:
+    if environ.get("SLURM_ARRAY_TASK_ID"):
+        task, count = _integer(environ, "SLURM_ARRAY_TASK_ID"), _integer(environ, "SLURM_ARRAY_TASK_COUNT")
+        first, step = _integer(environ, "SLURM_ARRAY_TASK_MIN", 0), _integer(environ, "SLURM_ARRAY_TASK_STEP", 1)
+        offset, rest = divmod(task - first, max(step, 1))
+        if rest or not 0 <= offset < count:
+            raise ConfigError(f"shard=auto: Slurm array task {task} is not one of {count} evenly spaced ids from "
+                              f"{first} (step {step}); submit the array as a range, e.g. sbatch --array=0-{count - 1}.")
+        return (offset + 1, count)
+    if environ.get("JOB_COMPLETION_INDEX"):
+        index = _integer(environ, "JOB_COMPLETION_INDEX")
+        if not environ.get("JOB_COMPLETIONS"):
+            raise ConfigError("shard=auto: a Kubernetes Indexed Job (JOB_COMPLETION_INDEX is set) must also set "
+                              "JOB_COMPLETIONS to its completions count in the pod's env (docs/sweeps.md shows how).")
+        count = _integer(environ, "JOB_COMPLETIONS")
+        if not 0 <= index < count:
+            raise ConfigError(f"shard=auto: JOB_COMPLETION_INDEX={index} is outside 0..{count - 1} "
+                              f"(JOB_COMPLETIONS={count}).")
+        return (index + 1, count)
+    raise ConfigError("shard=auto: neither a Slurm job array (SLURM_ARRAY_TASK_ID) nor a Kubernetes Indexed Job "
+                      "(JOB_COMPLETION_INDEX) is in the environment; pass the shard as i/n, e.g. --shard 1/2.")
 
 
 def check_kernel(kernel: str) -> str:
@@ -199,121 +224,67 @@ def check_kernel(kernel: str) -> str:
     return program
 
 
-def _finished_trial_ids(store: ResultsStore, study: str) -> set[str]:
-    return {r["config"].get("trial_id") for r in store.records(study) if r.get("status") == "ok"}
-
-
-def _claim(store: ResultsStore, trial_id: str):
-    """Claim a trial for this sweep (``claims/<trial_id>.lock``): yields True if claimed, False if another
-    sweep runs it.
-
-    Sweeps sharing a store (two commands, shards on one filesystem) never run a trial twice at
-    once; the lock dies with its holder, so a killed sweep leaves nothing stale behind.
-    """
-    return try_lock(store.root / "claims" / f"{trial_id}.lock")
-
-
-def _run_trial(trial: Trial, notebook: Path, store: ResultsStore, kernel: str, gpu: str | None) -> tuple[str, str]:
-    """Claim and run one trial; returns (trial_id, "ok" | "failed" | "done" (finished meanwhile) | "busy")."""
-    study = trial.params["study"]
-    with _claim(store, trial.trial_id) as claimed:
-        if not claimed:
-            return trial.trial_id, "busy"
-        if trial.trial_id in _finished_trial_ids(store, study):  # another sweep finished it since we listed
-            return trial.trial_id, "done"
-        ok = _execute_trial(trial, notebook, store, kernel, gpu)
-    return trial.trial_id, "ok" if ok else "failed"
-
-
-def _exit_description(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"papermill was killed by {name}"
-    return f"papermill exited with {code}"
-
-
-def _execute_trial(trial: Trial, notebook: Path, store: ResultsStore, kernel: str, gpu: str | None) -> bool:
-    """Execute one trial through papermill in a child process; record a failure the notebook could not record.
-
-    A worker killed from outside (``kill``, the OOM killer) gets a failed record naming the
-    signal, so the death shows in the results table; the run itself wrote nothing, and a rerun
-    of the sweep resumes the trial from its last epoch (see :mod:`carlib.train.resume`).
-    """
-    out_dir = store.root / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    params = {**trial.params, "results_dir": str(store.root.resolve())}
-    env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    # papermill, with the kernel stopped at once after the last cell (carlib.studies.notebook_run);
-    # papermill's 60 s kernel start-up limit is too short on a loaded 2-core machine
-    command = notebook_command(notebook, out_dir / f"{trial.trial_id}.ipynb", params, kernel=kernel,
-                               start_timeout=KERNEL_START_TIMEOUT_S)
-    started = time.time()
-    with open(out_dir / f"{trial.trial_id}.log", "w") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    if code == 0:
-        return True
-    # (finished_at: a resumed run keeps the started_at of its first attempt)
-    recorded = any(r["config"].get("trial_id") == trial.trial_id and r.get("status") == "failed"
-                   and (r.get("finished_at") or r.get("started_at") or "")
-                   >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 1))
-                   for r in store.records(params["study"]))
-    if not recorded:
-        tail = (out_dir / f"{trial.trial_id}.log").read_text(errors="replace").strip().splitlines()[-15:]
-        error = _exit_description(code) + (" (stopped from outside: kill, or the out-of-memory killer); a rerun "
-                                           "resumes it from its last finished epoch" if code < 0
-                                           else ": " + " | ".join(tail[-3:]))
-        store.write(failed_trial_record({k: v for k, v in params.items() if k != "seeds"}, error,
-                                        started_at=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(started)),
-                                        log=str(out_dir / f"{trial.trial_id}.log")))
-    return False
-
-
 def run_sweep(sweep: str | os.PathLike | SweepSpec, *, results_dir: str | os.PathLike | None = None,
-              workers: int = 1, gpus: Sequence[str] | None = None, shard: str | tuple[int, int] | None = None,
-              kernel: str = "python3", progress: bool = True) -> SweepReport:
-    """Run every unfinished trial of a sweep (this shard's share), ``workers`` at a time.
+              workers: int | None = None, gpus: Sequence[str] | None = None,
+              shard: str | tuple[int, int] | None = None, kernel: str = "python3", progress: bool = True,
+              engine: str = "local", address: str | None = None, gpus_per_trial: float | None = None,
+              cpus_per_trial: float = 1, retries: int = 1, dry_run: bool = False,
+              machine_gpus: Sequence[str] | None = None) -> SweepReport:
+    """Run every unfinished trial of a sweep (this shard's share); returns what ran, failed and was skipped.
 
-    ``gpus`` (e.g. ``["0", "1"]``) pins worker *i* to GPU ``gpus[i % len(gpus)]``. Returns
-    which trials ran, failed and were skipped; all results are in the store.
+    All results are in the store. ``engine="local"`` runs ``workers`` (default 1) papermill processes
+    on this machine; ``gpus`` (e.g. ``["0", "1"]``, default: the machine's) are shared out
+    ``gpus_per_trial`` per trial (see :func:`carlib.studies.trials.gpu_slots`; ``machine_gpus`` stands in
+    for the GPUs found, for tests). ``engine="ray"`` runs one Ray task per trial (see
+    :mod:`carlib.studies.ray_engine`) on a private instance or the cluster at ``address``, at most
+    ``workers`` at once, each with ``gpus_per_trial`` GPUs and ``cpus_per_trial`` CPUs. A trial whose
+    process dies is retried up to ``retries`` times on either engine. ``shard``: ``"i/n"``, ``(i, n)`` or
+    ``"auto"`` (:func:`parse_shard`). ``dry_run``: run nothing; the report lists this shard's trials and
+    which are finished.
     """
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
-    if workers < 1:
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine!r}: expected one of {', '.join(ENGINES)}.")
+    if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers!r} is out of range: expected an integer >= 1.")
+    if retries < 0:
+        raise ConfigError(f"retries={retries!r} is out of range: expected an integer >= 0.")
+    if cpus_per_trial <= 0:
+        raise ConfigError(f"cpus_per_trial={cpus_per_trial!r} is out of range: expected a positive number.")
+    if engine == "local" and address:
+        raise ConfigError("--address is the Ray cluster to join: it needs --engine ray.")
+    if engine == "ray" and gpus:
+        raise ConfigError("--gpus picks GPUs for the local engine; with --engine ray, Ray assigns them "
+                          "(--gpus-per-trial says how many each trial gets).")
     index, count = shard if isinstance(shard, tuple) else parse_shard(shard)
     store = ResultsStore(results_dir or default_results_dir())
     trials = sorted(expand_trials(spec), key=lambda t: t.trial_id)[index - 1::count]
-    done = _finished_trial_ids(store, spec.study)
-    report = SweepReport(skipped=[t.trial_id for t in trials if t.trial_id in done])
+    done = finished_trial_ids(store, spec.study)
+    report = SweepReport(skipped=[t.trial_id for t in trials if t.trial_id in done], trials=trials)
     todo = [t for t in trials if t.trial_id not in done]
+    if dry_run:
+        return report
+    if engine == "local":  # GPU safety before anything starts
+        slots = gpu_slots(workers or 1, gpus=gpus, gpus_per_trial=gpus_per_trial,
+                          machine_gpus=visible_gpus() if machine_gpus is None else machine_gpus)
+    else:
+        import_ray()  # without Ray installed: one line saying how to install it, before any trial
     if todo:
         check_kernel(kernel)  # a missing kernel fails here, not once per trial in the logs
 
     bar = tqdm(total=len(trials), initial=len(report.skipped), desc=f"sweep {spec.study}", unit="trial",
                disable=not progress)
-    # Each worker holds one GPU while its trial runs: a free-slot queue, not round-robin by trial.
-    free_gpus: queue.Queue = queue.Queue()
-    for i in range(workers):
-        free_gpus.put(list(gpus)[i % len(gpus)] if gpus else None)
 
-    def run_on_free_gpu(trial: Trial) -> tuple[str, str]:
-        gpu = free_gpus.get()
-        try:
-            return _run_trial(trial, spec.notebook, store, kernel, gpu)
-        finally:
-            free_gpus.put(gpu)
+    def on_done(trial_id: str, outcome: str) -> None:
+        bar.update(1)
+        bar.set_postfix(failed=len(report.failed))
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_on_free_gpu, trial) for trial in todo]
-        for future in concurrent.futures.as_completed(futures):
-            trial_id, outcome = future.result()
-            outcomes = {"ok": report.ok, "failed": report.failed, "done": report.skipped, "busy": report.busy}
-            outcomes[outcome].append(trial_id)
-            bar.update(1)
-            bar.set_postfix(failed=len(report.failed))
-    bar.close()
+    try:
+        if engine == "local":
+            run_local(todo, spec.notebook, store, report, kernel=kernel, slots=slots, retries=retries, on_done=on_done)
+        elif todo:
+            run_ray(todo, spec.notebook, store, report, kernel=kernel, address=address, workers=workers,
+                    gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, retries=retries, on_done=on_done)
+    finally:
+        bar.close()
     return report

@@ -199,8 +199,9 @@ def test_two_sweeps_on_one_store_with_killed_workers_finish_every_trial_exactly_
     results = tmp_path / "results"
 
     def start_sweeps() -> list[subprocess.Popen]:
+        # --retries 0: a killed worker is recorded failed at once (with retries the sweep would run it again itself)
         command = [sys.executable, "-m", "carlib", "sweep", str(sweep_file), "--results-dir", str(results),
-                   "--no-progress"]
+                   "--no-progress", "--retries", "0"]
         return [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 for _ in range(2)]
 
