@@ -15,6 +15,7 @@ never imports TensorFlow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import re
@@ -243,9 +244,11 @@ def _cmd_bench_recipe(args: argparse.Namespace) -> int:
     from carlib.bench.recipe import format_figures, recipe_benchmark  # deferred: TensorFlow
 
     recipe = load_params_file(args.params) if args.params else None
-    figures = recipe_benchmark(args.data_dir, seeds=args.seeds, seed=args.seed, recipe=recipe,
-                               baseline_epochs=args.baseline_epochs, baseline_image_size=args.baseline_image_size,
-                               test_split=args.test_split, results_dir=args.results_dir, verbose=not args.json)
+    # With --json, stdout carries only the figures: the recipe runs' epoch lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        figures = recipe_benchmark(args.data_dir, seeds=args.seeds, seed=args.seed, recipe=recipe,
+                                   baseline_epochs=args.baseline_epochs, baseline_image_size=args.baseline_image_size,
+                                   test_split=args.test_split, results_dir=args.results_dir, verbose=not args.json)
     if args.json:  # one object per line, like `carlib bench --json`
         for figure in figures:
             print(json.dumps(figure))

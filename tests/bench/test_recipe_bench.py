@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -46,10 +47,14 @@ def test_baseline_is_the_plain_keras_cnn():
     assert model.output_shape == (None, 6)
 
 
-def test_recipe_benchmark_returns_every_figure(class_folders, results_dir):
-    figures = recipe_bench.recipe_benchmark(class_folders, recipe={**recipe_bench.cpu_recipe(), **TINY},
-                                            baseline_epochs=1, baseline_image_size=32, test_split=0.25,
-                                            results_dir=results_dir, verbose=False)
+def test_recipe_benchmark_returns_every_figure(class_folders, results_dir, tmp_path, capsys):
+    preset = tmp_path / "tiny-recipe.yaml"
+    preset.write_text(yaml.safe_dump({**recipe_bench.cpu_recipe(), **TINY}))
+    assert main(["bench", "recipe", "--json", "--data-dir", str(class_folders), "--params", str(preset),
+                 "--baseline-epochs", "1", "--baseline-image-size", "32", "--test-split", "0.25",
+                 "--results-dir", str(results_dir)]) == 0
+    out = capsys.readouterr().out
+    figures = [json.loads(line) for line in out.splitlines()]  # --json: nothing but the figures on stdout
     by_name = {f["figure"]: f for f in figures}
     assert list(by_name) == FIGURES
     for name in ("baseline_accuracy", "recipe_accuracy", "recipe_accuracy_no_tta"):
