@@ -237,12 +237,18 @@ def tta_predict(model, images: ImageList | np.ndarray, *, preset: str = "light",
     chunks, any_difference = [], False
     for batch in load_image_batches(images, size, batch_size):
         views = tta_pass_images(batch, preset, passes, seed, image_size=size, batch_size=len(batch))
-        any_difference = any_difference or any(not np.array_equal(views[p], views[0]) for p in range(1, passes))
-        flat = views.reshape(passes * len(batch), size, size, 3).astype(np.float32)
+        # A pass that fed the un-augmented images again (preset "none", a transform that drew p = 0 for the
+        # whole batch) would predict what pass 0 predicts: score only the distinct passes and copy.
+        distinct = [0] + [p for p in range(1, passes) if not np.array_equal(views[p], views[0])]
+        any_difference = any_difference or len(distinct) > 1
+        flat = views[distinct].reshape(len(distinct) * len(batch), size, size, 3).astype(np.float32)
         # predict_on_batch per slice: model.predict pays ~0.2 s of set-up per call, once per image batch here
         probabilities = np.concatenate([np.asarray(model.predict_on_batch(flat[i:i + batch_size]), dtype=np.float64)
                                         for i in range(0, len(flat), batch_size)])
-        chunks.append(probabilities.reshape(passes, len(batch), -1))
+        probabilities = probabilities.reshape(len(distinct), len(batch), -1)
+        per_batch = np.repeat(probabilities[:1], passes, axis=0)
+        per_batch[distinct] = probabilities
+        chunks.append(per_batch)
     if not chunks:
         raise DataError("tta_predict got no images.")
     per_pass = np.concatenate(chunks, axis=1)

@@ -50,6 +50,48 @@ def test_identity_preset_warns_naming_it(model, images):
     np.testing.assert_allclose(result.per_pass[1], result.per_pass[0])
 
 
+class _CountingModel:
+    """Wraps a model and counts the images it is asked to predict."""
+
+    def __init__(self, model):
+        self.model, self.n_images = model, 0
+
+    def predict_on_batch(self, batch):
+        self.n_images += len(batch)
+        return self.model.predict_on_batch(batch)
+
+
+def test_passes_identical_to_pass_zero_are_scored_once(model, images):
+    counting = _CountingModel(model)
+    with pytest.warns(TTAWarning):
+        result = tta_predict(counting, images, preset="none", passes=4, image_size=32)
+    assert counting.n_images == len(images), "identical passes were predicted again"
+    for p in range(1, 4):
+        np.testing.assert_array_equal(result.per_pass[p], result.per_pass[0])
+
+
+def test_a_pass_that_drew_no_change_keeps_its_place_among_augmented_ones(model, images, monkeypatch):
+    """Pass 2 feeds the un-augmented images again: it is copied from pass 0, passes 1 and 3 are scored."""
+    import carlib.evaluate.tta as tta_module
+
+    real = tta_module.tta_pass_images
+
+    def pass_two_unchanged(*args, **kwargs):
+        views = real(*args, **kwargs)
+        views[2] = views[0]
+        return views
+
+    monkeypatch.setattr(tta_module, "tta_pass_images", pass_two_unchanged)
+    counting = _CountingModel(model)
+    result = tta_predict(counting, images, preset="medium", passes=4, seed=5, image_size=32)
+    assert counting.n_images == 3 * len(images)
+    views = result.pass_images(range(len(images)))
+    for p in range(4):
+        expected = views[0] if p == 2 else views[p]
+        direct = model.predict(expected.astype(np.float32), verbose=0)
+        np.testing.assert_allclose(result.per_pass[p], direct, atol=1e-5)
+
+
 def test_user_preset_that_never_fires_warns_with_its_name(model, images, monkeypatch):
     register_tta_preset("never_flips", lambda size: [A.HorizontalFlip(p=0.0)])
     try:
