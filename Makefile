@@ -9,6 +9,10 @@ BUILD  := build
 # Where `make demo` writes its results store, executed notebooks and plots (all git-ignored).
 DEMO_RESULTS := results
 DEMO_STUDIES := lr_study augmentation_study backbone_study tta_visualization
+# Two trials at once on 2 cores: one trial's kernel start, data loading and evaluation overlap the other's
+# training (a 6-trial sweep: 3 min 3 s -> 2 min 17 s, the same accuracies). The speed columns
+# (train_images_per_s, epoch_s) then measure a shared CPU: equally for every arm, not the machine's speed.
+DEMO_WORKERS := 2
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -42,11 +46,11 @@ notebook-test: install
 
 test: unit-test notebook-test
 
-# The demo runs each study's quick sweep (2 values x 2 seeds on the embedded data), then the report.
+# The demo runs each study's quick sweep (2 arms x 2 or 3 seeds on the embedded data), then the report.
 demo: data
 	@for study in $(DEMO_STUDIES); do \
 	  echo "== $$study: carlib sweep params/$$study/sweep-quick.yaml"; \
-	  $(PY) -m carlib sweep params/$$study/sweep-quick.yaml --results-dir $(DEMO_RESULTS) || exit 1; \
+	  $(PY) -m carlib sweep params/$$study/sweep-quick.yaml --results-dir $(DEMO_RESULTS) --workers $(DEMO_WORKERS) || exit 1; \
 	done
 	@echo; echo "== Combined results table ($(DEMO_RESULTS)/)"
 	@$(PY) -m carlib results --results-dir $(DEMO_RESULTS)
