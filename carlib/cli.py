@@ -239,6 +239,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_figures(figures: list[dict], as_json: bool, format_table_of) -> None:
+    """A benchmark's figures on stdout: one JSON object per line (like `carlib bench --json`) or its table."""
+    if as_json:
+        for figure in figures:
+            print(json.dumps(figure))
+    else:
+        print(format_table_of(figures))
+
+
 def _cmd_bench_recipe(args: argparse.Namespace) -> int:
     """``carlib bench recipe``: the CPU recipe against a plain Keras CNN; the table or JSON lines."""
     from carlib.bench.recipe import format_figures, recipe_benchmark  # deferred: TensorFlow
@@ -249,11 +258,7 @@ def _cmd_bench_recipe(args: argparse.Namespace) -> int:
         figures = recipe_benchmark(args.data_dir, seeds=args.seeds, seed=args.seed, recipe=recipe,
                                    baseline_epochs=args.baseline_epochs, baseline_image_size=args.baseline_image_size,
                                    test_split=args.test_split, results_dir=args.results_dir, verbose=not args.json)
-    if args.json:  # one object per line, like `carlib bench --json`
-        for figure in figures:
-            print(json.dumps(figure))
-    else:
-        print(format_figures(figures))
+    _print_figures(figures, args.json, format_figures)
     return 0
 
 
@@ -265,11 +270,7 @@ def _cmd_bench_sweep(args: argparse.Namespace) -> int:
                                                                     flush=True))
     figures = sweep_benchmark(args.data_dir, trials=args.trials, image_size=args.image_size, epochs=args.epochs,
                               rounds=args.rounds, say=say)
-    if args.json:
-        for figure in figures:
-            print(json.dumps(figure))
-    else:
-        print(format_sweep_figures(figures))
+    _print_figures(figures, args.json, format_sweep_figures)
     return 0
 
 
