@@ -192,22 +192,8 @@ def check_dataset(path: str | os.PathLike | None = None) -> DatasetReport:
     report.unusable = list(found.skipped)
 
     # Training images, per class, with content hashes.
-    hashes: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)  # sha1 -> [(class, path)]
-    train_infos, empty = [], []
-    for folder, files in zip(found.folders, found.files):
-        screened = screen_images(files, with_hashes=True)
-        report.unusable += screened.unusable
-        report.class_counts[folder.name] = len(screened.usable)
-        if not screened.usable:
-            empty.append(folder)
-        for source in screened.sources:
-            info = screened.infos[source]
-            train_infos.append(info)
-            if info.convert:
-                report.converted.append((source, info.convert))
-            if info.sha1:
-                hashes[info.sha1].append((folder.name, source))
-    report.sizes["train"] = _size_summary(train_infos)
+    report.class_counts, hashes = _screen_class_folders(report, found, "train")
+    empty = [folder for folder in found.folders if not report.class_counts[folder.name]]
     counts = [c for c in report.class_counts.values() if c]
     report.imbalance_ratio = max(counts) / min(counts) if counts else None
     for members in hashes.values():
@@ -237,6 +223,28 @@ def check_dataset(path: str | os.PathLike | None = None) -> DatasetReport:
     return report
 
 
+def _screen_class_folders(report: DatasetReport, found, split: str) -> tuple[dict[str, int], dict[str, list]]:
+    """Screen one split's class folders into ``report`` (unusable and converted files, the split's sizes).
+
+    Returns the usable images per class and the content hashes, sha1 -> [(class, path)].
+    """
+    hashes: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+    counts, infos = {}, []
+    for folder, files in zip(found.folders, found.files):
+        screened = screen_images(files, with_hashes=True)
+        report.unusable += screened.unusable
+        counts[folder.name] = len(screened.usable)
+        for source in screened.sources:
+            info = screened.infos[source]
+            infos.append(info)
+            if info.convert:
+                report.converted.append((source, info.convert))
+            if info.sha1:
+                hashes[info.sha1].append((folder.name, source))
+    report.sizes[split] = _size_summary(infos)
+    return counts, hashes
+
+
 def _check_labelled_splits(report: DatasetReport, layout, train_hashes: dict[str, list[tuple[str, str]]]) -> None:
     """A pre-split dataset's validation and test class folders: images per class, unusable files, and duplicates
     across splits (identical bytes in two splits make the held-out figures optimistic)."""
@@ -254,22 +262,9 @@ def _check_labelled_splits(report: DatasetReport, layout, train_hashes: dict[str
         if unknown:
             report.errors.append(f"the {folder.name}/ split has class folder(s) {', '.join(map(repr, unknown))} that "
                                  f"train/ does not have: every split needs the training folders' class names.")
-        hashes: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
-        counts, infos = {}, []
-        for class_folder, files in zip(found.folders, found.files):
-            screened = screen_images(files, with_hashes=True)
-            report.unusable += screened.unusable
-            counts[class_folder.name] = len(screened.usable)
-            for source in screened.sources:
-                info = screened.infos[source]
-                infos.append(info)
-                if info.convert:
-                    report.converted.append((source, info.convert))
-                if info.sha1:
-                    hashes[info.sha1].append((class_folder.name, source))
+        counts, hashes = _screen_class_folders(report, found, split)
         report.split_counts[split] = {name: counts.get(name, 0) for name in report.class_counts} | \
             {name: n for name, n in counts.items() if name not in report.class_counts}
-        report.sizes[split] = _size_summary(infos)
         for other, other_hashes in seen.items():
             for sha1, members in hashes.items():
                 for _, first in other_hashes.get(sha1, []):
