@@ -206,13 +206,13 @@ def _fmt(value: float) -> str:
     return f"{value:+.4f}"
 
 
-def _plan_text(needed: int | None, min_effect: float, n_now: int) -> str:
+def _plan_text(needed: int | None, min_effect: float, n_now: int, alpha: float) -> str:
     if needed is None:
         return "the spread across seeds is not known yet, so no seed plan; run at least 3 seeds of each"
     count = f"more than {MAX_PLANNED_SEEDS}" if needed > MAX_PLANNED_SEEDS else str(needed)
     return (f"{count} seeds per configuration would detect a difference of {min_effect:g} with "
             f"{POWER:.0%} power (this has {n_now}); fix the number before running: adding seeds until p < "
-            f"{ALPHA:g} inflates false verdicts")
+            f"{alpha:g} inflates false verdicts")
 
 
 def _differing(best: str, runner: str, parameters: Mapping[str, Mapping[str, Any]] | None) -> tuple[str, str]:
@@ -269,8 +269,8 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
             test = "paired t-test"
             half = float(stats.t.ppf(0.975, n - 1)) * spread / math.sqrt(n)
             ci = (difference - half, difference + half)
-            p_value = float(stats.ttest_rel(d, np.zeros(n)).pvalue) if n > 1 else 1.0
-            needed = seeds_needed(spread, min_effect) if plan else None
+            p_value = float(stats.ttest_rel(d, np.zeros(n)).pvalue)
+            needed = seeds_needed(spread, min_effect, alpha=alpha) if plan else None
         fields = dict(common, n_pairs=n, test=test, difference=difference, ci95=ci, p_value=p_value,
                       seeds_needed=needed)
         basis = f"{test} on {n} seeds both ran"
@@ -291,7 +291,8 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
             p_value = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
         spread = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
         fields = dict(common, test=test, difference=difference, ci95=(difference - half, difference + half),
-                      p_value=p_value, seeds_needed=seeds_needed(spread, min_effect, paired=False) if plan else None)
+                      p_value=p_value,
+                      seeds_needed=seeds_needed(spread, min_effect, alpha=alpha, paired=False) if plan else None)
         basis = f"{test}, n={len(x)} vs {len(y)}: they share fewer than 2 seeds"
     else:
         message = (f"no comparison possible yet: best {best} (n={len(a)}) vs runner-up {runner} (n={len(b)}); run "
@@ -323,7 +324,7 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
         message = (f"inconclusive: the difference {best} − {runner} lies between {_fmt(low)} and {_fmt(high)} "
                    f"(95 % CI, mean {_fmt(difference)}; {basis}, {p_text}). Not evidence that they are equal.")
     if fields.get("seeds_needed") is not None or (plan and not decisive and fields["test"] != "sign test"):
-        message += " Seed plan: " + _plan_text(fields.get("seeds_needed"), min_effect, min(len(a), len(b))) + "."
+        message += " Seed plan: " + _plan_text(fields.get("seeds_needed"), min_effect, min(len(a), len(b)), alpha) + "."
     if k >= 3:
         message += (f" Winner's curse: {best} is the best of {k} configurations on this very metric, so its mean is "
                     "optimistic; confirm it with fresh seeds before quoting it.")

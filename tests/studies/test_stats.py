@@ -195,6 +195,14 @@ def test_the_verdict_states_the_plan_for_the_min_effect():
     assert f"{verdict.seeds_needed} seeds per configuration would detect a difference of 0.05" in verdict.message
 
 
+
+def test_the_seed_plan_is_sized_for_the_verdicts_alpha():
+    values = {"A": {0: 0.70, 1: 0.75, 2: 0.72}, "B": {0: 0.66, 1: 0.74, 2: 0.70}}
+    spread = np.std(np.array([0.70, 0.75, 0.72]) - np.array([0.66, 0.74, 0.70]), ddof=1)
+    strict = decide(values, alpha=0.01)
+    assert strict.seeds_needed == seeds_needed(spread, alpha=0.01) > seeds_needed(spread)
+    assert "adding seeds until p < 0.01 inflates" in strict.message
+
 # ----------------------------------------------------------------------------- A/A
 def test_a_a_simulation_rate_is_pinned():
     """A small seeded A/A simulation of the real verdict code: a regression in the test shows here."""
