@@ -469,10 +469,10 @@ def _bench_sweep_parser() -> argparse.ArgumentParser:
                                      "to the same tiny trials, and the speed-up of two workers over one.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--data-dir", default=None, help="dataset (default: a synthetic one of 80 training images)")
-    parser.add_argument("--trials", type=int, default=4, help="trials per sweep (default 4)")
+    parser.add_argument("--trials", type=int, default=4, help="trials per sweep")
     parser.add_argument("--image-size", type=int, default=32, help="image size of the tiny trials (pixels)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the tiny trials")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds of the four sweeps (median; default 1)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the four sweeps (median)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per figure")
     return parser
 
@@ -546,7 +546,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                             "0.5 (two trials share a GPU, memory growth on) or 2+ (a mirrored strategy)")
     sweep.add_argument("--cpus-per-trial", type=float, default=1, help="ray: CPUs each trial reserves")
     sweep.add_argument("--retries", type=int, default=1,
-                       help="times a trial whose process, kernel or Ray worker died is run again (default 1); "
+                       help="times a trial whose process, kernel or Ray worker died is run again; "
                             "an error inside the trial is recorded, not retried")
     sweep.add_argument("--shard", default=None,
                        help="i/n: run only this machine's share of the trials (1-based); auto: from a Slurm job array "
