@@ -1,7 +1,7 @@
 """The ``carlib`` command: parses arguments and dispatches to the package; nothing else happens here.
 
 Commands: ``results``, ``run``, ``sweep``, ``predict``, ``export``, ``report``, ``bench`` (and
-``bench recipe``, ``bench sweep``, ``bench verdicts``), ``data``. Flags spell the parameter vocabulary
+``bench recipe``, ``bench sweep``, ``bench verdicts``), ``data``, ``weights``. Flags spell the parameter vocabulary
 with dashes (``--results-dir``, ``--val-split``); ``--params FILE.yaml`` reads the same names with
 underscores, and flags override it. Every carlib error ends as one ``carlib: error: …`` line and exit
 status 2. Every flag's ``--help`` line ends with its type, default and allowed values
@@ -193,6 +193,30 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(generate_car_dataset(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed))
     else:
         print(ensure_embedded_data(args.seed))
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    """``carlib weights``: what is cached; ``carlib weights add FILE``: put a keras.applications file in Keras' cache."""
+    from carlib.models.pretrained import cached_weights  # deferred: no TensorFlow unless a file is added
+
+    if args.weights_command == "add":
+        if not args.file:
+            raise ConfigError("carlib weights add needs the file: carlib weights add efficientnetb0_notop.h5")
+        from carlib.models.pretrained import add_keras_weights_file  # deferred: TensorFlow
+        from carlib.models.registry import keras_weights_requests  # deferred: TensorFlow
+
+        request = add_keras_weights_file(args.file, keras_weights_requests())
+        print(f"added {request.file_name} for {request.backbone}: {request.path}")
+        return 0
+    if args.file:
+        raise ConfigError(f"'carlib weights {args.weights_command}' takes no file (did you mean 'carlib weights add "
+                          f"{args.file}'?)")
+    rows = cached_weights()
+    if not rows:
+        print("no cached weights (carlib converts efficientnet_lite0's on its first run; Keras downloads its own)")
+    for row in rows:
+        print(f"{row['cache']:<7}{row['mb']:>7.1f} MB  {row['path']}")
     return 0
 
 
@@ -599,11 +623,20 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
     data.add_argument("--n-train", type=int, default=1000, help="generate: training images")
     data.add_argument("--n-test", type=int, default=300, help="generate: test images")
+
+    weights = sub.add_parser("weights", help="list the cached pretrained weights, or add a keras.applications weights "
+                                             "file fetched on another machine (for machines without internet)")
+    weights.add_argument("weights_command", nargs="?", choices=("list", "add"), default="list",
+                         help="list what is cached (carlib's converted files and Keras' own), or add FILE")
+    weights.add_argument("file", nargs="?", default=None,
+                         help="add: the file Keras names in its error (e.g. efficientnetb0_notop.h5), with its own "
+                              "name; it is checked against Keras' hash and copied into Keras' cache")
     return _explained(parser)
 
 
 _COMMANDS = {"results": _cmd_results, "run": _cmd_run, "sweep": _cmd_sweep, "predict": _cmd_predict,
-             "export": _cmd_export, "report": _cmd_report, "bench": _cmd_bench, "data": _cmd_data}
+             "export": _cmd_export, "report": _cmd_report, "bench": _cmd_bench, "data": _cmd_data,
+             "weights": _cmd_weights}
 
 
 def _check_unknown_flags(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:

@@ -97,8 +97,10 @@ class ExperimentConfig:
                                               "None: the variant's own")
     backbone_depth: int | None = _param(None, "compact backbones: conv layers or residual blocks per stage; None: the "
                                               "variant's own")
-    weights: str | None = _param(None, "backbone weights: 'imagenet' (needs internet), None (random initialisation) "
-                                       "or the path of a local weights file")
+    weights: str | None = _param("auto", "backbone weights: auto (the backbone's default: imagenet for "
+                                         "efficientnet_lite0, None for the others), imagenet (a cached file; "
+                                         "keras.applications download theirs once), None (random initialisation) "
+                                         "or the path of a local weights file")
     image_size: int | None = _param(None, "training image size in pixels (square); None: the backbone's default")
     batch_size: int = _param(32, "images per batch (per replica)")
     epochs: int = _param(10, "epochs of training: a fixed budget, never tuned inside a study")
@@ -123,6 +125,8 @@ class ExperimentConfig:
     head_epochs: int = _param(1, "two_stage / gradual: epochs that train the head alone first")
     finetune_lr_factor: float = _param(0.1, "two_stage / gradual: LR multiplier once backbone layers train")
     unfreeze_stages: int = _param(2, "gradual: stages that unfreeze the backbone from the top, after the head epochs")
+    unfreeze_blocks: int = _param(0, "two_stage / gradual: how many of the backbone's blocks (named block<N>…, counted "
+                                     "from the top) train after the head epochs, with the layers above them; 0: all")
     head_hidden_units: int = _param(0, "units of a hidden Dense layer in the head; 0: none (R17)")
     head_batchnorm: bool = _param(False, "BatchNorm after pooling in the head (R16)")
     hub_input_range: str | None = _param(None, "hub: backbones: the pixel range the SavedModel wants; None: unit "
@@ -147,6 +151,9 @@ class ExperimentConfig:
     results_dir: str | None = _param(None, "the results store; None: $CARLIB_RESULTS_DIR or ./results")
     tensorboard: bool = _param(False, "also write TensorBoard logs to <run_dir>/tensorboard (needs the tensorboard "
                                       "package)")
+    test_image_size: int | None = _param(None, "FixRes (R21): a larger size to also score the best checkpoint at "
+                                               "(val/test_accuracy_fixres); TTA runs at it too; None: the training "
+                                               "size")
     tta_preset: str = _param("light", "TTA preset used when tta_passes > 0", choices="tta_presets")
     tta_passes: int = _param(0, "> 0: the best checkpoint is also evaluated with this many TTA passes "
                                 "(val_accuracy_tta); pass 0 is the un-augmented image")
@@ -177,11 +184,19 @@ class ExperimentConfig:
         """Plain, JSON-serialisable fields (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    @property
+    def effective_weights(self) -> str | None:
+        """The weights a run uses: ``weights``, with ``"auto"`` replaced by the backbone's default."""
+        if self.weights != "auto":
+            return self.weights
+        return None if is_hub_backbone(self.backbone) else get_backbone(self.backbone).default_weights
+
     def resolved(self) -> "ExperimentConfig":
-        """Fill every ``None`` default from the component it depends on."""
+        """Fill every ``None`` (and ``"auto"`` weights) default from the component it depends on."""
         spec = get_backbone(self.backbone)
         is_hub = is_hub_backbone(self.backbone)
         return self.replace(
+            weights=self.effective_weights,
             backbone=absolute_hub_backbone(self.backbone) if is_hub else self.backbone,
             hub_input_range=(self.hub_input_range or HUB_DEFAULT_INPUT_RANGE) if is_hub else None,
             image_size=self.image_size or spec.default_size,
@@ -203,6 +218,8 @@ class ExperimentConfig:
                "less than 1: some images must be left to train on")
         _check(self.image_size is None or self.image_size >= 16, "image_size", self.image_size,
                "an integer >= 16 (pixels), or None for the backbone's default")
+        _check(self.test_image_size is None or self.test_image_size >= 16, "test_image_size", self.test_image_size,
+               "an integer >= 16 (pixels), or None to score at the training size")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         _check(0 <= self.dropout < 1, "dropout", self.dropout, "a fraction in [0, 1)")
@@ -227,12 +244,17 @@ class ExperimentConfig:
         _check(self.tta_passes >= 0, "tta_passes", self.tta_passes,
                "an integer >= 0 (0: no TTA evaluation; pass 0 is the un-augmented image)")
         check_tta_preset(self.tta_preset)
-        if self.weights not in (None, "imagenet") and not Path(self.weights).expanduser().is_file():
+        if self.weights not in (None, "imagenet", "auto") and not Path(self.weights).expanduser().is_file():
             raise ConfigError(
-                f"weights={self.weights!r}: no such file. Use 'imagenet' (needs internet), "
+                f"weights={self.weights!r}: no such file. Use 'auto' (the backbone's default), 'imagenet', "
                 "None (random initialisation), or the path of a local weights file "
                 "(e.g. one saved with model.save_weights('backbone.weights.h5'))."
             )
+        if self.weights == "imagenet" and not is_hub_backbone(self.backbone) \
+                and get_backbone(self.backbone).fetch_imagenet is None:
+            with_imagenet = [name for name in available_backbones() if get_backbone(name).fetch_imagenet is not None]
+            raise ConfigError(f"weights='imagenet': backbone {self.backbone!r} has no ImageNet weights (carlib's compact "
+                              f"backbones train from scratch). Use weights=None, or one of {', '.join(with_imagenet)}.")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("tensorboard=True writes TensorBoard logs, but the tensorboard package is not installed: "
                               "pip install tensorboard (or pip install 'carlib[tensorboard]'), or leave tensorboard "
@@ -247,6 +269,12 @@ class ExperimentConfig:
         _check(0 < self.finetune_lr_factor <= 1, "finetune_lr_factor", self.finetune_lr_factor,
                "a factor in (0, 1] applied to lr once backbone layers train")
         _check(self.unfreeze_stages >= 1, "unfreeze_stages", self.unfreeze_stages, "an integer >= 1")
+        _check(self.unfreeze_blocks >= 0, "unfreeze_blocks", self.unfreeze_blocks,
+               "an integer >= 0 (blocks that train after the head epochs, from the top; 0: all)")
+        if self.unfreeze_blocks and self.finetune not in ("two_stage", "gradual"):
+            raise ConfigError(f"unfreeze_blocks={self.unfreeze_blocks} chooses which blocks train after the head "
+                              f"epochs, but finetune={self.finetune!r} has no such stage: use finetune='two_stage' "
+                              "(or 'gradual'), or leave unfreeze_blocks=0.")
         _check(self.head_hidden_units >= 0, "head_hidden_units", self.head_hidden_units,
                "an integer >= 0 (0: no hidden Dense layer)")
         _check(self.early_stopping_patience >= 0, "early_stopping_patience", self.early_stopping_patience,
@@ -254,7 +282,7 @@ class ExperimentConfig:
         is_hub = is_hub_backbone(self.backbone)
         if is_hub:
             check_hub_backbone(self.backbone)
-            if self.weights is not None:
+            if self.weights not in (None, "auto"):
                 raise ConfigError(f"weights={self.weights!r} with backbone={self.backbone!r}: a hub: backbone carries "
                                   "its weights in its SavedModel; leave weights=None.")
         if self.hub_input_range is not None:
@@ -262,7 +290,7 @@ class ExperimentConfig:
                 raise ConfigError(f"hub_input_range={self.hub_input_range!r} applies only to hub: backbones; "
                                   f"{self.backbone!r} has its input range in the backbone registry. Leave it None.")
             _choice("hub_input_range", self.hub_input_range)
-        if self.finetune != "full" and self.weights is None and not is_hub:
+        if self.finetune != "full" and self.effective_weights is None and not is_hub:
             raise ConfigError(f"finetune={self.finetune!r} freezes the backbone for a while, but weights=None leaves "
                               "it random: frozen random features teach nothing. Use weights='imagenet' (or a "
                               "weights file, or a hub: backbone), or finetune='full' to train from scratch.")

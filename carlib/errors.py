@@ -18,6 +18,8 @@ __all__ = [
     "DataError",
     "ArchiveError",
     "ModelError",
+    "WeightsError",
+    "UnsafeWeightsFileError",
     "SubmissionError",
     "TrainingError",
     "DeviceError",
@@ -67,6 +69,14 @@ class ModelError(CarlibError, ValueError):
 
 class SubmissionError(CarlibError, ValueError):
     """A submission (or the sample it must follow) is malformed."""
+
+
+class WeightsError(ModelError):
+    """Pretrained weights are missing, unreadable, corrupt, or do not fit the backbone; the message says how to get them."""
+
+
+class UnsafeWeightsFileError(WeightsError):
+    """A weights file names code to run (a pickle global outside the allow-list); refused before anything ran."""
 
 
 class TrainingError(CarlibError, RuntimeError):

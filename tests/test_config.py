@@ -221,7 +221,7 @@ def test_existing_weights_file_and_imagenet_are_accepted(tmp_path):
     weights = tmp_path / "backbone.weights.h5"
     weights.write_bytes(b"")
     assert ExperimentConfig(weights=str(weights)).weights == str(weights)
-    assert ExperimentConfig(weights="imagenet").weights == "imagenet"
+    assert ExperimentConfig(backbone="efficientnet_b0", weights="imagenet").weights == "imagenet"
 
 
 @pytest.mark.parametrize(("name", "value"), [("lr", "abc"), ("lr", [0.1]), ("val_split", "a fifth"), ("backbone", 3)])

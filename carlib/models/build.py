@@ -26,7 +26,7 @@ from carlib.models.hub_layer import HubBackbone  # registered as carlib>HubBackb
 from carlib.models.registry import check_knobs, get_backbone
 from carlib.models.spec import PREPROCESSING
 
-__all__ = ["build_model", "preprocessing_layer", "InferenceModeBackbone", "feature_extractor", "load_model",
+__all__ = ["build_model", "ensure_weights", "preprocessing_layer", "InferenceModeBackbone", "feature_extractor", "load_model",
            "model_image_size", "save_model", "add_class_names", "read_class_names", "read_class_names_file",
            "CLASS_NAMES_FILE"]
 
@@ -49,7 +49,7 @@ def build_model(
     num_classes: int,
     image_size: int | None = None,
     *,
-    weights: str | None = None,
+    weights: str | None = "auto",
     dropout: float = 0.2,
     bn_mode: str = "auto",
     hidden_units: int = 0,
@@ -60,8 +60,10 @@ def build_model(
 ) -> keras.Model:
     """Raw 0–255 RGB in, class probabilities out: preprocessing → backbone → pooling → head → dense.
 
-    ``weights``: ``"imagenet"`` (downloads; needs internet), ``None`` (random init) or the
-    path of a local weights file for the backbone. ``bn_mode``: ``"frozen"`` calls the
+    ``weights``: ``"auto"`` (the backbone's default: ImageNet for ``efficientnet_lite0``, random
+    for the others), ``"imagenet"`` (from carlib's or Keras' cache; a keras.applications file is
+    downloaded once, :func:`ensure_weights`), ``None`` (random init) or the path of a local
+    weights file for the backbone. ``bn_mode``: ``"frozen"`` calls the
     backbone with ``training=False`` so BatchNorm keeps its statistics (right for pretrained
     weights, R13); ``"train"`` lets BatchNorm update; ``"auto"`` freezes only pretrained
     BatchNorm (ImageNet weights, a weights file, or a ``hub:`` SavedModel).
@@ -80,6 +82,9 @@ def build_model(
     if preprocessing not in PREPROCESSING:
         raise ConfigError(f"input_range={preprocessing!r} is unknown: expected one of {sorted(PREPROCESSING)}.")
     size = image_size or spec.default_size
+    if weights == "auto":
+        weights = None if is_hub_backbone(backbone) else spec.default_weights
+    ensure_weights(backbone, weights)
     if weights not in (None, "imagenet"):
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -107,6 +112,22 @@ def build_model(
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
     return keras.Model(inputs, outputs, name="carlib_hub" if is_hub else f"carlib_{spec.name}")
+
+
+def ensure_weights(backbone: str, weights: str | None) -> None:
+    """Make sure ``weights="imagenet"`` for ``backbone`` is on this machine before anything trains.
+
+    carlib's packaged weights are converted into its cache; a keras.applications file is taken
+    from Keras' cache or downloaded. Without them (no package, no internet) this raises
+    :class:`~carlib.errors.WeightsError` with one line that says how to get them. Other values
+    need nothing.
+    """
+    if weights != "imagenet" or is_hub_backbone(backbone):
+        return
+    spec = get_backbone(backbone)
+    if spec.fetch_imagenet is None:
+        raise ConfigError(f"backbone {backbone!r} has no ImageNet weights: use weights=None or a local weights file.")
+    spec.fetch_imagenet()
 
 
 def _hub_layer(extractor: keras.Model):

@@ -11,6 +11,7 @@ No TensorFlow is imported here: the built-in builders import Keras when they bui
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from carlib.base.registry import Registry
@@ -19,7 +20,9 @@ from carlib.models.hub import HUB_DEFAULT_INPUT_RANGE, HUB_DEFAULT_SIZE, check_h
 from carlib.models.spec import KNOB_LIMITS, KNOB_MEANING, PREPROCESSING, BackboneSpec
 
 __all__ = ["BackboneSpec", "BACKBONES", "register_backbone", "get_backbone", "available_backbones", "knob_backbones",
-           "check_knobs", "hub_backbone_spec", "PREPROCESSING", "KNOB_LIMITS"]
+           "check_knobs", "hub_backbone_spec", "keras_weights_requests", "PREPROCESSING", "KNOB_LIMITS"]
+
+LITE_DEFAULT_SIZE = 224  # the resolution the ImageNet weights were trained at
 
 BACKBONES: Registry[BackboneSpec] = Registry(
     "backbone", "a SavedModel as hub:<URL or folder>; or register your own with "
@@ -64,6 +67,18 @@ def hub_backbone_spec(name: str, input_range: str = HUB_DEFAULT_INPUT_RANGE) -> 
     return BackboneSpec(name, build, input_range, HUB_DEFAULT_SIZE, f"SavedModel feature extractor {handle}")
 
 
+def keras_weights_requests():
+    """The files the registered keras.applications backbones ask Keras for (a generator: each costs a model build)."""
+    from carlib.models.pretrained import keras_weights_request  # deferred: TensorFlow
+
+    for name in available_backbones():
+        spec = BACKBONES.get(name)
+        if spec.keras_application:
+            request = keras_weights_request(name, spec.build)
+            if request is not None:
+                yield request
+
+
 def knob_backbones() -> tuple[str, ...]:
     """Names of the registered backbones whose width and depth can be set (carlib's compact family)."""
     return tuple(name for name in available_backbones() if BACKBONES.get(name).knobs)
@@ -93,8 +108,9 @@ def check_knobs(backbone: str, width: int | None = None, depth: int | None = Non
 
 
 # ------------------------------------------------------------------------- built-in backbones
-def _applications(constructor_name: str, **extra: Any) -> Callable[..., Any]:
-    """A builder for a ``keras.applications`` model without its top."""
+def _applications(name: str, constructor_name: str, preprocessing: str, default_size: int, description: str,
+                  **extra: Any) -> BackboneSpec:
+    """A ``keras.applications`` model without its top; its ImageNet file comes from Keras' cache or a download."""
 
     def build(input_shape, weights):
         import keras  # deferred: TensorFlow, only when a model is built
@@ -102,7 +118,42 @@ def _applications(constructor_name: str, **extra: Any) -> Callable[..., Any]:
         constructor = getattr(keras.applications, constructor_name)
         return constructor(include_top=False, weights=weights, input_shape=input_shape, pooling=None, **extra)
 
-    return build
+    def fetch_imagenet():
+        from carlib.models.pretrained import check_keras_weights, keras_weights_request  # deferred: TensorFlow
+
+        request = keras_weights_request(name, build)
+        return check_keras_weights(request) if request is not None else None
+
+    return BackboneSpec(name, build, preprocessing, default_size, description, fetch_imagenet=fetch_imagenet,
+                        keras_application=constructor_name)
+
+
+def _lite(variant: str, description: str) -> BackboneSpec:
+    """EfficientNet-Lite (:mod:`carlib.models.efficientnet_lite`): ImageNet weights by default, from the
+    ``carlib[pretrained]`` package, converted once into carlib's cache (:mod:`carlib.models.pretrained`)."""
+    name = f"efficientnet_{variant}"
+
+    def fetch_imagenet():
+        from carlib.models.pretrained import lite_weights_file  # deferred: TensorFlow when converting
+
+        return lite_weights_file(variant)
+
+    def build(input_shape, weights):
+        import keras  # deferred: TensorFlow, only when a model is built
+
+        from carlib.models.efficientnet_lite import efficientnet_lite  # deferred: TensorFlow
+        from carlib.models.pretrained import load_weights_file  # deferred: TensorFlow
+
+        full = efficientnet_lite(variant, input_shape, include_top=True, name=f"{name}_imagenet")
+        if weights == "imagenet":
+            load_weights_file(full, fetch_imagenet(), "cached ImageNet weights file")
+        elif weights is not None:
+            load_weights_file(full, Path(weights), "weights file")
+        # the features without the ImageNet classifier, as keras.applications' include_top=False
+        return keras.Model(full.input, full.get_layer("top_activation").output, name=name)
+
+    return BackboneSpec(name, build, "raw", LITE_DEFAULT_SIZE, description, default_weights="imagenet",
+                        fetch_imagenet=fetch_imagenet)
 
 
 def _compact(family: str, name: str, default_size: int, description: str, **knobs: int) -> BackboneSpec:
@@ -124,17 +175,19 @@ for _spec in (
              width=16, depth=1),
     _compact("residual_cnn", "resnet_small", 64, "ResNet with 2 blocks per stage, from scratch on a CPU",
              width=24, depth=2),
-    BackboneSpec("xception", _applications("Xception"), "symmetric", 299, "Xception (keras.applications)"),
-    BackboneSpec("efficientnet_b0", _applications("EfficientNetB0"), "raw", 224, "EfficientNetB0, rescales inside"),
-    BackboneSpec("efficientnet_b3", _applications("EfficientNetB3"), "raw", 300, "EfficientNetB3, rescales inside"),
-    BackboneSpec("efficientnet_v2_b0", _applications("EfficientNetV2B0", include_preprocessing=True), "raw", 224,
-                 "EfficientNetV2B0 with its preprocessing inside"),
-    BackboneSpec("efficientnet_v2_s", _applications("EfficientNetV2S", include_preprocessing=True), "raw", 384,
-                 "EfficientNetV2S with its preprocessing inside"),
-    BackboneSpec("mobilenet_v3_small", _applications("MobileNetV3Small", include_preprocessing=True), "raw", 224,
-                 "MobileNetV3Small with its preprocessing inside; fast on CPUs"),
-    BackboneSpec("convnext_tiny", _applications("ConvNeXtTiny", include_preprocessing=True), "raw", 224,
-                 "ConvNeXtTiny with its preprocessing inside; too slow for CPUs"),
+    _lite("lite0", "EfficientNet-Lite0 with ImageNet weights that install offline (carlib[pretrained]); "
+                   "(x - 127) / 128 inside"),
+    _applications("xception", "Xception", "symmetric", 299, "Xception (keras.applications)"),
+    _applications("efficientnet_b0", "EfficientNetB0", "raw", 224, "EfficientNetB0, rescales inside"),
+    _applications("efficientnet_b3", "EfficientNetB3", "raw", 300, "EfficientNetB3, rescales inside"),
+    _applications("efficientnet_v2_b0", "EfficientNetV2B0", "raw", 224, "EfficientNetV2B0 with its preprocessing "
+                  "inside", include_preprocessing=True),
+    _applications("efficientnet_v2_s", "EfficientNetV2S", "raw", 384, "EfficientNetV2S with its preprocessing inside",
+                  include_preprocessing=True),
+    _applications("mobilenet_v3_small", "MobileNetV3Small", "raw", 224, "MobileNetV3Small with its preprocessing "
+                  "inside; fast on CPUs", include_preprocessing=True),
+    _applications("convnext_tiny", "ConvNeXtTiny", "raw", 224, "ConvNeXtTiny with its preprocessing inside; too slow "
+                  "for CPUs", include_preprocessing=True),
 ):
     register_backbone(_spec)
 del _spec

@@ -32,6 +32,12 @@ class BackboneSpec:
     the scaling carlib applies in front of it. ``knobs`` maps the size knobs the builder
     accepts (``width``: channels of the first stage, doubled per stage; ``depth``: layers or
     residual blocks per stage) to this variant's values; empty for fixed architectures.
+    ``default_weights`` is what ``weights="auto"`` means for it (``"imagenet"`` or ``None``);
+    ``fetch_imagenet()``, where the backbone has ImageNet weights, makes sure they are on this
+    machine (cached, converted or downloaded) before a run starts, and raises
+    :class:`~carlib.errors.WeightsError` with one line saying how to get them when they cannot be.
+    ``keras_application`` names the ``keras.applications`` constructor of those backbones (Keras
+    downloads their weights file).
     """
 
     name: str
@@ -40,6 +46,9 @@ class BackboneSpec:
     default_size: int
     description: str = ""
     knobs: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    default_weights: str | None = None
+    fetch_imagenet: Callable[[], Any] | None = None
+    keras_application: str | None = None  # the keras.applications constructor, for those backbones
 
     @property
     def input_range(self) -> tuple[float, float]:

@@ -25,8 +25,9 @@ import numpy as np
 
 from carlib.base.locks import trial_lock
 from carlib.config import ExperimentConfig, as_config, default_results_dir
+from carlib.evaluate.predict import model_at_size, predict_images
 from carlib.evaluate.tta import tta_predict
-from carlib.models.build import load_model, save_model
+from carlib.models.build import ensure_weights, load_model, save_model
 from carlib.plots import plot_learning_curves
 from carlib.records.record import environment_info, new_record, new_run_id, utc_now
 from carlib.records.store import ResultsStore
@@ -63,6 +64,7 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *
     # A trial runs in one process at a time; TensorFlow's determinism switch is put back afterwards.
     with _one_process_per_trial(config), op_determinism(config.deterministic):
         data = prepare_run_data(config)  # seed, data, split, resolved config (bad data fails here, unrecorded)
+        ensure_weights(data.config.backbone, data.config.weights)  # missing ImageNet weights fail here, unrecorded
         runtime = resolve_runtime(data.config)
         clock.mark("data")
         run = _start_run(data, runtime, clock)
@@ -234,6 +236,8 @@ def _evaluate(setup: TrainingSetup, run: _Run) -> dict[str, Any]:
     best_path = run.run_dir / "best.keras"
     metrics = _checkpoint_metrics(setup.model, best_path, {"val": setup.val_ds, "test": setup.test_ds}, history,
                                   data.monitor)
+    if config.test_image_size and best_path.is_file():
+        metrics.update(_fixres_metrics(best_path, data, config))
     if config.tta_passes:
         for split, images in (("val", data.val_images), ("test", data.test_images)):
             metrics.update(_tta_metrics(best_path, images, config, split))
@@ -335,13 +339,30 @@ def _checkpoint_metrics(model, best_path: Path, datasets: dict[str, Any], histor
     return metrics
 
 
+def _best_at_test_size(best_path: Path, config: ExperimentConfig) -> keras.Model:
+    """The best checkpoint, rebuilt at ``test_image_size`` when one is set (FixRes, R21)."""
+    model = load_model(best_path)
+    return model_at_size(model, config.test_image_size) if config.test_image_size else model
+
+
+def _fixres_metrics(best_path: Path, data: RunData, config: ExperimentConfig) -> dict[str, Any]:
+    """The best checkpoint's accuracy at ``test_image_size`` on the clean validation and test images (FixRes, R21)."""
+    model = _best_at_test_size(best_path, config)
+    metrics: dict[str, Any] = {"test_image_size": config.test_image_size}
+    for split, images in (("val", data.val_images), ("test", data.test_images)):
+        probabilities = predict_images(model, images, batch_size=config.batch_size) if len(images) else None
+        metrics[f"{split}_accuracy_fixres"] = (float((probabilities.argmax(axis=1) == images.labels).mean())
+                                               if probabilities is not None else None)
+    return metrics
+
+
 def _tta_metrics(best_path: Path, images, config: ExperimentConfig, split: str) -> dict[str, Any]:
-    """The best checkpoint's accuracy on ``split`` with TTA, and (on validation) whether the passes really differed
-    (R20)."""
+    """The best checkpoint's accuracy on ``split`` with TTA (at ``test_image_size`` when set), and (on validation)
+    whether the passes really differed (R20)."""
     if not best_path.is_file() or not len(images):
         return {f"{split}_accuracy_tta": None}
-    result = tta_predict(load_model(best_path), images, preset=config.tta_preset, passes=config.tta_passes,
-                         seed=config.seed, batch_size=config.batch_size)
+    result = tta_predict(_best_at_test_size(best_path, config), images, preset=config.tta_preset,
+                         passes=config.tta_passes, seed=config.seed, batch_size=config.batch_size)
     metrics = {f"{split}_accuracy_tta": float((result.predictions == images.labels).mean())}
     if split == "val":
         metrics.update(tta_changed_images=int(result.diagnostics.n_changed),

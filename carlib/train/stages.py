@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import keras
@@ -21,7 +22,7 @@ from carlib.models.losses import classification_loss
 from carlib.train.runtime import Runtime
 from carlib.train.schedules import LearningRateController
 
-__all__ = ["Stage", "finetune_stages", "set_backbone_trainable", "compile_for_stage", "enter_stage"]
+__all__ = ["Stage", "finetune_stages", "set_backbone_trainable", "unfreezable_layers", "compile_for_stage", "enter_stage"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,21 +70,49 @@ def finetune_stages(config: ExperimentConfig) -> list[Stage]:
     raise ConfigError(f"unknown finetune strategy {strategy!r}")
 
 
-def set_backbone_trainable(model: keras.Model, fraction: float) -> int:
-    """Make the top ``fraction`` of the backbone's layers with weights trainable, the rest frozen.
+_BLOCK_NAME = re.compile(r"^(block\d+[a-z]?)_")
+
+
+def unfreezable_layers(backbone: keras.Model, blocks: int = 0) -> list[keras.layers.Layer]:
+    """The backbone's layers with weights that may train: all (``blocks=0``), or the top ``blocks`` blocks and every
+    layer above them.
+
+    A block is a run of layers named ``block<N>[letter]_…`` (keras.applications' EfficientNets,
+    Xception, carlib's EfficientNet-Lite). Raises :class:`~carlib.errors.ConfigError` for a backbone
+    without such names, or with fewer blocks than asked.
+    """
+    layers = [layer for layer in backbone.layers if layer.weights]
+    if not blocks:
+        return layers
+    block_ids = [match.group(1) if (match := _BLOCK_NAME.match(layer.name)) else None for layer in layers]
+    order = list(dict.fromkeys(block for block in block_ids if block))
+    if not order:
+        raise ConfigError(f"unfreeze_blocks={blocks}: backbone {backbone.name!r} has no layers named block<N>_…, so "
+                          "it has no blocks to count; use unfreeze_blocks=0 (all layers) with it.")
+    if blocks > len(order):
+        raise ConfigError(f"unfreeze_blocks={blocks}: backbone {backbone.name!r} has {len(order)} blocks "
+                          f"({order[0]} … {order[-1]}); use at most {len(order)}, or 0 for all layers.")
+    first = block_ids.index(order[-blocks])
+    return layers[first:]
+
+
+def set_backbone_trainable(model: keras.Model, fraction: float, blocks: int = 0) -> int:
+    """Make the top ``fraction`` of the backbone's unfreezable layers trainable (:func:`unfreezable_layers`: all, or
+    the top ``blocks`` blocks), the rest frozen.
 
     Returns how many backbone layers train. A frozen BatchNorm layer runs in inference mode
     (Keras semantics), so its statistics stay put whatever ``bn_mode`` says.
     """
     backbone = feature_extractor(model)
-    layers = [layer for layer in backbone.layers if layer.weights]
+    all_layers = [layer for layer in backbone.layers if layer.weights]
     if fraction <= 0:
         backbone.trainable = False
         return 0
+    candidates = unfreezable_layers(backbone, blocks)
     backbone.trainable = True  # sets every sub-layer trainable; the lower ones are frozen again below
-    n_trainable = len(layers) if fraction >= 1 else max(1, math.ceil(fraction * len(layers)))
-    for index, layer in enumerate(layers):
-        layer.trainable = index >= len(layers) - n_trainable
+    n_trainable = len(candidates) if fraction >= 1 else max(1, math.ceil(fraction * len(candidates)))
+    for index, layer in enumerate(all_layers):
+        layer.trainable = index >= len(all_layers) - n_trainable
     return n_trainable
 
 
@@ -106,7 +135,7 @@ def enter_stage(model: keras.Model, stage: Stage, config: ExperimentConfig, runt
     the record says about the stage."""
     layers = None
     if config.finetune != "full":  # "full" never touches trainability (works for any registered backbone)
-        layers = set_backbone_trainable(model, stage.backbone_fraction)
+        layers = set_backbone_trainable(model, stage.backbone_fraction, config.unfreeze_blocks)
     compile_for_stage(model, config, runtime, schedule.begin_stage(stage))
     return {"name": stage.name, "first_epoch": stage.first_epoch + 1, "last_epoch": stage.end_epoch,
             "lr_factor": stage.lr_factor, "backbone_trainable_layers": layers,

@@ -47,8 +47,8 @@ def test_stages_cover_every_epoch_once(finetune, expected, cnn_weights):
 
 @pytest.mark.parametrize("params,message", [
     (dict(finetune="head"), "weights=None leaves it random"),
-    (dict(finetune="two_stage", weights="imagenet", epochs=2, head_epochs=2), "at least 3"),
-    (dict(finetune="gradual", weights="imagenet", epochs=3, head_epochs=1, unfreeze_stages=3), "at least 4"),
+    (dict(finetune="two_stage", backbone="efficientnet_lite0", weights="imagenet", epochs=2, head_epochs=2), "at least 3"),
+    (dict(finetune="gradual", backbone="efficientnet_lite0", weights="imagenet", epochs=3, head_epochs=1, unfreeze_stages=3), "at least 4"),
     (dict(finetune="unfreeze"), "unknown finetune"),
     (dict(head_hidden_units=-1), "head_hidden_units"),
     (dict(early_stopping_patience=-2), "early_stopping_patience"),
