@@ -89,7 +89,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from carlib.studies.run import study_summary, study_verdict
     from carlib.studies.sweep import load_sweep, run_sweep
 
-    spec = load_sweep(args.sweep_file)
+    spec = load_sweep(args.sweep_file, base_overrides={"data_dir": args.data_dir} if args.data_dir else None)
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
     report = run_sweep(spec, results_dir=args.results_dir, workers=args.workers, gpus=gpus, shard=args.shard,
                        kernel=args.kernel, progress=not args.no_progress, engine=args.engine, address=args.address,
@@ -555,6 +555,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a study grid x seeds through papermill (resumable)")
     sweep.add_argument("sweep_file", help="YAML: notebook, study, base, grid, seeds (params/<study>/sweep-*.yaml)")
     sweep.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
+    sweep.add_argument("--data-dir", default=None,
+                       help="the dataset every trial trains on, in place of the sweep file's data_dir (default: the "
+                            "sweep file's, else the embedded dataset)")
     sweep.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local: processes of this machine (default); ray: one Ray task per trial, on a private "
                             "Ray instance or the cluster at --address (pip install \"carlib[ray]\")")

@@ -8,6 +8,14 @@ A sweep file (YAML)::
     grid: {lr: [1e-3, 3e-3]}             # scientific parameters: every combination runs
     seeds: 2                             # repeats per combination: seed, seed+1, ...
 
+Arms that differ in several parameters at once (a pretrained net against a from-scratch recipe)
+are listed under ``arms:``, each a mapping of overrides on ``base``; every arm runs with every
+combination of ``grid`` (which may then be empty)::
+
+    arms:
+      - {backbone: efficientnet_lite0, image_size: 128, finetune: two_stage}
+      - {backbone: cnn_small, image_size: 64, epochs: 48}
+
 Each trial gets a stable id from its parameters, so a rerun skips trials whose record is
 already in the store (``status == "ok"``) and runs only the missing or failed ones; a trial
 killed mid-training resumes from its last finished epoch (:mod:`carlib.train.resume`). A failing
@@ -52,7 +60,7 @@ from carlib.studies.trials import KERNEL_START_TIMEOUT_S, SweepReport, Trial, gp
 __all__ = ["SweepSpec", "Trial", "SweepReport", "ENGINES", "KERNEL_START_TIMEOUT_S", "load_sweep", "expand_trials",
            "run_sweep", "parse_shard", "check_kernel"]
 
-_SWEEP_KEYS = ("notebook", "study", "base", "grid", "seeds", "description")
+_SWEEP_KEYS = ("notebook", "study", "base", "arms", "grid", "seeds", "description")
 ENGINES = ("local", "ray")
 
 
@@ -66,6 +74,7 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     seeds: int = 1
     description: str = ""
+    arms: tuple[dict[str, Any], ...] = ({},)
 
 
 def _find_notebook(value: str, sweep_file: Path) -> Path:
@@ -80,10 +89,11 @@ def _find_notebook(value: str, sweep_file: Path) -> Path:
     return resolve_project_file(candidate)  # notebooks/<study>.ipynb of carlib itself (a wheel carries them)
 
 
-def load_sweep(path: str | os.PathLike) -> SweepSpec:
+def load_sweep(path: str | os.PathLike, base_overrides: Mapping[str, Any] | None = None) -> SweepSpec:
     """Read and validate a sweep file: every trial's parameters are checked before anything runs.
 
     A missing ``params/…`` path is looked up among carlib's own parameter files (:mod:`carlib.base.project_files`).
+    ``base_overrides`` replace values of the file's ``base`` (``carlib sweep --data-dir``).
     """
     path = resolve_project_file(path)
     raw = load_yaml_mapping(path, "sweep file")
@@ -97,10 +107,21 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     base, grid = raw.get("base") or {}, raw.get("grid") or {}
     if not isinstance(base, dict) or not isinstance(grid, dict):
         raise ConfigError(f"sweep file {str(path)!r}: 'base' and 'grid' must be mappings of parameter names.")
+    base = {**base, **(base_overrides or {})}
     grid = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in grid.items()}
     for key, values in grid.items():
         if not values:
             raise ConfigError(f"sweep file {str(path)!r}: grid parameter {key!r} has no values.")
+    arms = raw.get("arms")
+    if arms is None:
+        arms = [{}]
+    if not isinstance(arms, list) or not arms or not all(isinstance(arm, dict) for arm in arms):
+        raise ConfigError(f"sweep file {str(path)!r}: 'arms' must be a non-empty list of mappings of parameter names "
+                          "(each arm's overrides on base).")
+    overlap = sorted({key for arm in arms for key in arm} & set(grid))
+    if overlap:
+        raise ConfigError(f"sweep file {str(path)!r}: {', '.join(overlap)} set both in arms and in grid; set each "
+                          "parameter in one of them.")
     try:
         seeds = int(raw.get("seeds", 1))
     except (TypeError, ValueError):
@@ -110,7 +131,8 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     notebook = _find_notebook(str(raw["notebook"]), path)
     if not notebook.is_file():
         raise ConfigError(f"sweep file {str(path)!r}: notebook {str(raw['notebook'])!r} does not exist.")
-    spec = SweepSpec(notebook, str(raw["study"]), base, grid, seeds, str(raw.get("description", "")))
+    spec = SweepSpec(notebook, str(raw["study"]), base, grid, seeds, str(raw.get("description", "")),
+                     tuple(dict(arm) for arm in arms))
     for trial in expand_trials(spec):  # fail on any bad value now, not hours into the sweep
         params = {k: v for k, v in trial.params.items() if k not in ("seeds", "results_dir")}
         ExperimentConfig.from_dict(params)
@@ -125,14 +147,14 @@ def trial_id_for(study: str, params: dict[str, Any]) -> str:
 
 
 def expand_trials(spec: SweepSpec) -> list[Trial]:
-    """Every combination of the grid × seeds, in a stable order."""
-    check_known({**spec.base, **spec.grid}, STUDY_PARAMETERS)
+    """Every arm × every combination of the grid × seeds, in a stable order."""
+    check_known({**spec.base, **spec.grid, **{k: v for arm in spec.arms for k, v in arm.items()}}, STUDY_PARAMETERS)
     base_seed = int(spec.base.get("seed", 0))
     keys = list(spec.grid)
     trials = []
-    for values in itertools.product(*(spec.grid[k] for k in keys)):
+    for arm, values in itertools.product(spec.arms, itertools.product(*(spec.grid[k] for k in keys))):
         for offset in range(spec.seeds):
-            params = {**spec.base, **dict(zip(keys, values)), "seed": base_seed + offset, "seeds": 1,
+            params = {**spec.base, **arm, **dict(zip(keys, values)), "seed": base_seed + offset, "seeds": 1,
                       "study": spec.study}
             trial_id = trial_id_for(spec.study, params)
             trials.append(Trial(trial_id, {**params, "trial_id": trial_id}))
