@@ -24,7 +24,8 @@ import keras
 import numpy as np
 
 from carlib.base.locks import trial_lock
-from carlib.config import ExperimentConfig, as_config, default_results_dir
+from carlib.base.project_files import default_results_dir
+from carlib.config import ExperimentConfig, as_config
 from carlib.evaluate.tta import tta_predict
 from carlib.models.build import load_model, save_model
 from carlib.plots import plot_learning_curves
