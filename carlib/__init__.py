@@ -46,7 +46,6 @@ _EXPORTS = {
     "ResultsStore": "carlib.records.store",
     # models and data
     "build_model": "carlib.models.build",
-    "load_model": "carlib.models.build",
     "BackboneSpec": "carlib.models.spec",
     "register_backbone": "carlib.models.registry",
     "available_backbones": "carlib.models.registry",
@@ -65,6 +64,7 @@ _EXPORTS = {
     "evaluate_model": "carlib.evaluate.checkpoints",
     "evaluate_run": "carlib.evaluate.checkpoints",
     "resolution_curve": "carlib.evaluate.resolution",
+    "load_model": "carlib.evaluate.predict",
     "predict_submission": "carlib.evaluate.submission",
     "score_submission": "carlib.evaluate.submission",
     # predicting any photos, exporting for deployment, the class names a model carries
