@@ -90,7 +90,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name):
     if name in _EXPORTS:
-        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(_importlib.import_module(_EXPORTS[name]), name)  # deferred: the facade loads on first use
         globals()[name] = value
         return value
     raise AttributeError(f"module 'carlib' has no attribute {name!r}")
