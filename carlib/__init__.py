@@ -46,7 +46,6 @@ _EXPORTS = {
     "ResultsStore": "carlib.records.store",
     # models and data
     "build_model": "carlib.models.build",
-    "load_model": "carlib.models.build",
     "BackboneSpec": "carlib.models.spec",
     "register_backbone": "carlib.models.registry",
     "available_backbones": "carlib.models.registry",
@@ -65,6 +64,7 @@ _EXPORTS = {
     "evaluate_model": "carlib.evaluate.checkpoints",
     "evaluate_run": "carlib.evaluate.checkpoints",
     "resolution_curve": "carlib.evaluate.resolution",
+    "load_model": "carlib.evaluate.predict",
     "predict_submission": "carlib.evaluate.submission",
     "score_submission": "carlib.evaluate.submission",
     # predicting any photos, exporting for deployment, the class names a model carries
@@ -90,7 +90,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name):
     if name in _EXPORTS:
-        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(_importlib.import_module(_EXPORTS[name]), name)  # deferred: the facade loads on first use
         globals()[name] = value
         return value
     raise AttributeError(f"module 'carlib' has no attribute {name!r}")

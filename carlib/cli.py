@@ -6,7 +6,7 @@ with dashes (``--results-dir``, ``--val-split``); ``--params FILE.yaml`` reads t
 underscores, and flags override it. Every carlib error ends as one ``carlib: error: …`` line and exit
 status 2. Every flag's ``--help`` line ends with its type, default and allowed values
 (:class:`_HelpFormatter`); ``carlib run``'s come from the config's own field definitions
-(:func:`carlib.config.parameter_help`).
+(:func:`parameter_help`).
 
 Each command imports what it runs when it runs (deferred imports, marked): ``carlib results``
 never imports TensorFlow.
@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import re
 import sys
+import typing
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
-from carlib.config import PARAMETER_NAMES, check_known, parameter_help
+from carlib.config import PARAMETER_NAMES, ExperimentConfig, allowed_values, check_known
 from carlib.data.embedded import embedded_data_dir, ensure_embedded_data
 from carlib.errors import CarlibError, ConfigError, DataWarning, SubmissionWarning
 from carlib.records.table import COMPACT_COLUMNS
@@ -402,6 +404,40 @@ def _explained(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             for subparser in action.choices.values():
                 _explained(subparser)
     return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterHelp:
+    """What one parameter is: its type in words, its default, its allowed values (if a list) and its meaning."""
+
+    name: str
+    type: str
+    default: Any
+    choices: tuple[str, ...] | None
+    help: str
+
+
+_CONFIG_FIELDS = {field.name: field for field in dataclasses.fields(ExperimentConfig)}
+
+
+def _type_words(annotation: Any) -> str:
+    """A field's type as ``--help`` says it: ``integer``, ``number or None``, ``integers, comma-separated``…"""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if optional:
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        words = "integers, comma-separated"
+    else:
+        words = {int: "integer", float: "number", str: "text", bool: "true/false"}[annotation]
+    return f"{words} or None" if optional else words
+
+
+def parameter_help(name: str) -> ParameterHelp:
+    """The description of parameter ``name``, from the config field that defines it (``carlib run``'s flags)."""
+    field = _CONFIG_FIELDS[name]
+    return ParameterHelp(name, _type_words(typing.get_type_hints(ExperimentConfig)[name]), field.default,
+                         allowed_values(name), field.metadata["help"])
 
 
 # ------------------------------------------------------------------------------- parsers

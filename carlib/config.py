@@ -5,8 +5,8 @@ parameter files, CLI flags) ends up in :class:`ExperimentConfig`. Values may arr
 strings (papermill ``-r``, YAML's ``1e-3``, the CLI), so each field is coerced to its
 declared type; unknown names and out-of-range values fail before any data is touched,
 naming the parameter, the value and what is allowed. Each field carries a one-line
-description and, where it has them, its allowed values (:func:`parameter_help`): the CLI's
-``--help`` is generated from them.
+description and, where it has them, its allowed values (:func:`allowed_values`): the CLI's
+``--help`` is generated from them (``carlib.cli.parameter_help``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from carlib.base.project_files import default_results_dir
 from carlib.base.registry import closest_hint
 from carlib.data.embedded import embedded_data_dir
 from carlib.errors import ConfigError
@@ -29,14 +28,13 @@ from carlib.models.hub import HUB_DEFAULT_INPUT_RANGE, absolute_hub_backbone, ch
 from carlib.models.registry import available_backbones, check_knobs, get_backbone
 from carlib.models.spec import PREPROCESSING
 
-__all__ = ["ConfigError", "ExperimentConfig", "PARAMETER_NAMES", "SCHEDULES", "OPTIMIZERS", "default_results_dir",
-           "parameter_help", "allowed_values", "check_known", "load_yaml_mapping", "optimizer_class_name", "as_config"]
+__all__ = ["ConfigError", "ExperimentConfig", "PARAMETER_NAMES", "SCHEDULES", "OPTIMIZERS", "allowed_values",
+           "check_known", "as_config"]
 
-RESULTS_DIR_ENV = "CARLIB_RESULTS_DIR"
-
-# The learning-rate schedules (carlib.train.schedules implements each) and the optimizers, by carlib's names.
+# The learning-rate schedules (carlib.train.schedules implements each) and the optimizers (carlib.train.stages
+# maps each to its Keras class), by carlib's names.
 SCHEDULES = ("constant", "step", "plateau", "cosine")
-OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 # Frequent spellings from other libraries, so the error can point at carlib's name.
 _ALIASES = {
@@ -63,14 +61,6 @@ _ALIASES = {
     "repeats": "seeds",
 }
 
-
-def default_results_dir() -> str:
-    """The results store used when ``results_dir`` is not given.
-
-    ``$CARLIB_RESULTS_DIR`` if set (the test suite uses it to keep notebook runs out of
-    the source tree), else ``results`` under the current directory.
-    """
-    return os.environ.get(RESULTS_DIR_ENV) or "results"
 
 
 def _param(default: Any, help: str, *, choices: tuple[str, ...] | str | None = None) -> Any:
@@ -337,56 +327,13 @@ def allowed_values(name: str) -> tuple[str, ...] | None:
     if choices == "schedules":
         return SCHEDULES
     if choices == "optimizers":
-        return tuple(OPTIMIZERS)
+        return OPTIMIZERS
     # deferred: albumentations, only when the presets are listed
     from carlib.data.augment import available_presets
     from carlib.data.tta_presets import available_tta_presets
 
     return {"augmentations": available_presets, "tta_presets": available_tta_presets}[choices]()
 
-
-@dataclasses.dataclass(frozen=True)
-class ParameterHelp:
-    """What one parameter is: its type in words, its default, its allowed values (if a list) and its meaning."""
-
-    name: str
-    type: str
-    default: Any
-    choices: tuple[str, ...] | None
-    help: str
-
-
-def _type_words(annotation: Any) -> str:
-    args = typing.get_args(annotation)
-    optional = type(None) in args
-    if optional:
-        annotation = next(a for a in args if a is not type(None))
-    if typing.get_origin(annotation) is tuple:
-        words = "integers, comma-separated"
-    else:
-        words = {int: "integer", float: "number", str: "text", bool: "true/false"}[annotation]
-    return f"{words} or None" if optional else words
-
-
-def parameter_help(name: str) -> ParameterHelp:
-    """The description of parameter ``name`` (one source for validation messages, the CLI and the docs)."""
-    field = _FIELDS[name]
-    return ParameterHelp(name, _type_words(_FIELD_TYPES[name]), field.default, allowed_values(name),
-                         field.metadata["help"])
-
-
-def load_yaml_mapping(path: str | os.PathLike, what: str = "parameter file") -> dict[str, Any]:
-    """Read a YAML file safely; it must exist and hold a mapping (``what`` names it in errors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {str(path)!r} must hold a mapping of names to values.")
-    return data
 
 
 def as_config(config: "ExperimentConfig | Mapping[str, Any] | None" = None, **overrides: Any) -> ExperimentConfig:
@@ -395,10 +342,6 @@ def as_config(config: "ExperimentConfig | Mapping[str, Any] | None" = None, **ov
         return config.replace(**overrides) if overrides else config
     return ExperimentConfig.from_dict(config, **overrides)
 
-
-def optimizer_class_name(name: str) -> str:
-    """The ``keras.optimizers`` class for a carlib optimizer name."""
-    return OPTIMIZERS[name]
 
 
 def check_known(params: Mapping[str, Any], known: tuple[str, ...] | list[str]) -> None:

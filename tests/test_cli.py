@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from carlib.cli import main
-from carlib.config import PARAMETER_NAMES, ExperimentConfig, parameter_help
+from carlib.cli import main, parameter_help
+from carlib.config import PARAMETER_NAMES, ExperimentConfig
 from carlib.errors import ConfigError
 from carlib.records.record import new_run_id
 from carlib.records.store import ResultsStore

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from carlib.config import PARAMETER_NAMES, ExperimentConfig, default_results_dir
+from carlib.base.project_files import default_results_dir
+from carlib.config import PARAMETER_NAMES, ExperimentConfig
 from carlib.errors import ConfigError
 
 

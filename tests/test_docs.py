@@ -235,7 +235,7 @@ def _texts():
 
 
 def test_the_resolver_tells_old_module_paths_from_current_ones():
-    assert resolves("carlib.run_study") and resolves("carlib.models.build.load_model")
+    assert resolves("carlib.run_study") and resolves("carlib.evaluate.predict.load_model")
     assert resolves("carlib.evaluate.tta.TTAResult.pass_images")
     assert not resolves("carlib.backbones.register_backbone") and not resolves("carlib.recipe_bench")
     assert not resolves("carlib.models.build.no_such_function")

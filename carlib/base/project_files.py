@@ -1,4 +1,5 @@
-"""The project's notebooks and parameter files, in a clone or inside an installed package.
+"""The project's folders: its notebooks and parameter files (in a clone or inside an installed package),
+and the default results store.
 
 A clone (and an editable install) has ``notebooks/`` and ``params/`` next to ``carlib/``.
 A wheel — ``pip install .``, ``pip install git+…`` on Colab — carries copies of both inside the
@@ -12,9 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PROJECT_FOLDERS", "checkout_root", "bundled_root", "project_roots", "resolve_project_file"]
+__all__ = ["PROJECT_FOLDERS", "RESULTS_DIR_ENV", "checkout_root", "bundled_root", "project_roots",
+           "resolve_project_file", "default_results_dir"]
 
 PROJECT_FOLDERS = ("notebooks", "params")
+RESULTS_DIR_ENV = "CARLIB_RESULTS_DIR"
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # carlib/, where a wheel keeps _bundled/
 
 
@@ -46,3 +49,12 @@ def resolve_project_file(path: str | os.PathLike) -> Path:
         if (root / given).exists():
             return root / given
     return given
+
+
+def default_results_dir() -> str:
+    """The results store used when ``results_dir`` is not given.
+
+    ``$CARLIB_RESULTS_DIR`` if set (the test suite uses it to keep notebook runs out of
+    the source tree), else ``results`` under the current directory.
+    """
+    return os.environ.get(RESULTS_DIR_ENV) or "results"

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from carlib.bench.machine import machine_description
-from carlib.config import ExperimentConfig, default_results_dir
+from carlib.base.project_files import default_results_dir
+from carlib.config import ExperimentConfig
 from carlib.data.embedded import embedded_data_dir
 from carlib.data.folders import prepare_data
 from carlib.data.splits import split_for_run

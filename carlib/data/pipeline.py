@@ -20,6 +20,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import psutil
@@ -35,6 +36,7 @@ __all__ = [
     "resize_image",
     "training_dataset",
     "eval_dataset",
+    "decodable_batches",
     "augmented_views",
     "resolve_cache",
     "decoded_bytes",
@@ -193,6 +195,22 @@ def eval_dataset(images: ImageList, image_size: int, batch_size: int, *,
     """Un-augmented, un-shuffled batches in file order: for validation, test and TTA inputs."""
     ds = _decoded(images, image_size, cache)
     return ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def decodable_batches(images: ImageList, image_size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(indexes, batch)`` of the files TensorFlow decodes, in file order; a file it cannot decode is left out.
+
+    Each file is read and decoded once, by :func:`load_image` (the pixels :func:`eval_dataset` gives,
+    as uint8 N×size×size×3); ``indexes`` say which of ``images`` each batch holds, so a caller knows
+    which files failed without decoding anything a second time. Nothing is cached: one pass.
+    """
+    if not len(images):
+        return
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(images)), list(images.paths)))
+    ds = ds.map(lambda index, path: (index, load_image(path, image_size)), num_parallel_calls=AUTOTUNE)
+    # ignore_errors drops an element whose decode fails; the index it carries keeps every file's identity
+    for indexes, batch in ds.ignore_errors().batch(batch_size).prefetch(AUTOTUNE):
+        yield indexes.numpy(), batch.numpy()
 
 
 class _ThreadLocalAugmenter:

@@ -2,8 +2,9 @@
 
 :func:`predict_photos` takes files and folders (searched recursively; hidden files, OS junk and
 non-image files in folders are skipped), reads every image through the same screening, decoding
-and resizing as evaluation (:func:`carlib.data.screen.screen_images`, then
-:func:`carlib.data.pipeline.eval_dataset`), optionally with TTA, and returns one row per image:
+and resizing as evaluation (:func:`carlib.data.screen.screen_images`, then one decode per file in the
+prediction pass itself: :func:`carlib.evaluate.readable.predict_files`), optionally with TTA, and
+returns one row per image:
 the file, the predicted class (index and name), its probability, the next best classes with
 ``top_k`` > 1, and an ``error`` that says why a file could not be predicted (such a file gets a
 row, never a crash).
@@ -32,9 +33,8 @@ from carlib.data.folders import ImageList, find_class_folders, prepare_data
 from carlib.data.screen import screen_images, skip_reason
 from carlib.data.tta_presets import check_tta_preset
 from carlib.errors import ConfigError, DataError, ModelError, ModelWarning
-from carlib.evaluate.predict import load_model, model_for_classes, predict_images, resolve_model_path
-from carlib.evaluate.submission import find_unreadable_images
-from carlib.evaluate.tta import tta_predict
+from carlib.evaluate.predict import load_model, model_for_classes, resolve_model_path
+from carlib.evaluate.readable import NOT_DECODABLE, predict_files
 from carlib.models.build import read_class_names, read_class_names_file
 
 __all__ = ["predict_photos", "find_photos", "model_class_names", "write_predictions", "predictions_summary",
@@ -42,7 +42,6 @@ __all__ = ["predict_photos", "find_photos", "model_class_names", "write_predicti
 
 # The first columns of every predictions table; top_k > 1 adds class_index_2, class_name_2, probability_2, ….
 PHOTO_COLUMNS = ("file", "class_index", "class_name", "probability")
-_NOT_DECODABLE = "TensorFlow cannot decode it (corrupt or unsupported content)"
 
 
 def find_photos(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple[str, str | None]], list[tuple[str, str]]]:
@@ -124,14 +123,6 @@ def model_class_names(model_or_path, class_names: str | os.PathLike | Sequence[s
     return None, f"{path} was saved without class names"
 
 
-def _probabilities(model, images: ImageList, *, tta: int, tta_preset: str, tta_seed: int,
-                   batch_size: int) -> np.ndarray:
-    if tta and int(tta) > 1:
-        return tta_predict(model, images, preset=tta_preset, passes=int(tta), seed=tta_seed,
-                           batch_size=batch_size).probabilities
-    return predict_images(model, images, batch_size=batch_size)
-
-
 def predict_photos(model_or_path, paths: Sequence[str | os.PathLike] | str | os.PathLike, *, top_k: int = 1,
                    tta: int = 0, tta_preset: str = "light", tta_seed: int = 0, batch_size: int = 32,
                    image_size: int | None = None,
@@ -173,13 +164,8 @@ def predict_photos(model_or_path, paths: Sequence[str | os.PathLike] | str | os.
     model, _ = model_for_classes(model, names, image_size)
 
     errors = {file: problem for file, problem in found if problem}
-    candidates = [file for file, problem in found if not problem]
-    screened = screen_images(candidates)
+    screened = screen_images([file for file, problem in found if not problem])  # JPEG and PNG: headers only
     errors.update(dict(screened.unusable))
-    decode_path = dict(zip(screened.sources, screened.usable))
-    source_of = dict(zip(screened.usable, screened.sources))
-    errors.update({source_of[path]: _NOT_DECODABLE for path in find_unreadable_images(list(screened.usable))})
-    readable = [file for file in candidates if file not in errors]
 
     k = min(top_k, n_outputs)
     files = [file for file, _ in found]
@@ -189,10 +175,13 @@ def predict_photos(model_or_path, paths: Sequence[str | os.PathLike] | str | os.
         rank_columns[f"class_index{suffix}"] = pd.Series(pd.NA, index=files, dtype="Int64")
         rank_columns[f"class_name{suffix}"] = pd.Series(None, index=files, dtype=object)
         rank_columns[f"probability{suffix}"] = pd.Series(np.nan, index=files, dtype=float)
-    if readable:
-        images = ImageList(tuple(decode_path[f] for f in readable), np.zeros(len(readable), np.int32), names)
-        probabilities = _probabilities(model, images, tta=tta, tta_preset=tta_preset, tta_seed=tta_seed,
-                                       batch_size=batch_size)
+    if screened.usable:
+        images = ImageList(screened.usable, np.zeros(len(screened.usable), np.int32), names, sources=screened.sources)
+        predicted = predict_files(model, images, batch_size=batch_size, tta=tta, tta_preset=tta_preset,
+                                  tta_seed=tta_seed)
+        errors.update({screened.sources[i]: NOT_DECODABLE for i in predicted.undecodable(len(images))})
+        readable = [screened.sources[i] for i in predicted.decoded]
+        probabilities = predicted.probabilities
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         for rank in range(1, k + 1):
             suffix = "" if rank == 1 else f"_{rank}"

@@ -1,7 +1,7 @@
 """Models on images: which checkpoint a path means, a model at another input size, and un-augmented predictions.
 
 - :func:`resolve_model_path` / :func:`load_model`: a ``.keras`` file, or the right checkpoint of a
-  run folder (``best.keras``, or ``last.keras`` for a final run, R9).
+  run folder (``best.keras``, or ``last.keras`` for a final run, R9); carlib's one model loader.
 - :func:`model_at_size`: the same network and weights at another input size (FixRes).
 - :func:`predict_images`: class probabilities through the evaluation pipeline, never augmented (R15).
 """
@@ -19,8 +19,7 @@ import numpy as np
 from carlib.data.folders import ImageList
 from carlib.data.pipeline import eval_dataset
 from carlib.errors import ConfigError, DataError, MissingFileError, ModelError
-from carlib.models.build import load_model as load_keras_file
-from carlib.models.build import model_image_size
+from carlib.models.build import loads_in_safe_mode, model_image_size
 
 __all__ = ["resolve_model_path", "load_model", "model_at_size", "model_for_classes", "predict_images",
            "model_image_size"]
@@ -54,11 +53,18 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return chosen
 
 
-def load_model(model_or_path):
-    """A Keras model from a model (returned as is), a ``.keras`` file, or a run folder (see :func:`resolve_model_path`)."""
+def load_model(model_or_path, *, compile: bool = True) -> keras.Model:
+    """A Keras model from a model (returned as is), a ``.keras`` file, or a run folder (see :func:`resolve_model_path`).
+
+    carlib's layers and loss are registered when :mod:`carlib.models.build` is imported, so its files load
+    with them. A file holding a SavedModel (``hub:``) backbone loads with ``safe_mode=False``, which Keras
+    needs to re-open the SavedModel (:func:`carlib.models.build.loads_in_safe_mode`); load only files you
+    trust. ``compile=False`` skips restoring the optimizer and loss (enough to predict).
+    """
     if isinstance(model_or_path, keras.Model):
         return model_or_path
-    return load_keras_file(resolve_model_path(model_or_path))
+    path = resolve_model_path(model_or_path)
+    return keras.models.load_model(path, compile=compile, safe_mode=loads_in_safe_mode(path))
 
 
 def _with_spatial_size(config: Any, old: tuple, new: tuple) -> Any:

@@ -6,8 +6,8 @@
 :func:`validate_submission`. Nothing is ever matched by position, so a bad file cannot shift
 rows:
 
-- an ``Id`` whose file is missing, or a file that cannot be decoded (by the same decoder the
-  pipeline uses), is reported by name with a warning and gets the **fallback class**: the
+- an ``Id`` whose file is missing, or a file that cannot be decoded (found by the prediction
+  pass itself, which decodes each file once: :func:`carlib.evaluate.readable.predict_files`), is reported by name with a warning and gets the **fallback class**: the
   most frequent class of the training folders (ties: the lowest class index), or the class
   passed as ``fallback``;
 - a test file that no row names is reported and ignored.
@@ -26,15 +26,14 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from carlib.base.files import atomic_path
 from carlib.data.folders import ImageList, list_class_images, prepare_data, read_sample_submission
 from carlib.data.screen import screen_images
 from carlib.data.tta_presets import check_tta_preset
 from carlib.errors import MissingFileError, SubmissionError, SubmissionWarning
-from carlib.evaluate.predict import load_model, model_for_classes, predict_images, resolve_model_path
-from carlib.evaluate.tta import tta_predict
+from carlib.evaluate.predict import load_model, model_for_classes, resolve_model_path
+from carlib.evaluate.readable import predict_files
 
 __all__ = [
     "SubmissionError",
@@ -43,7 +42,6 @@ __all__ = [
     "predict_submission",
     "validate_submission",
     "score_submission",
-    "find_unreadable_images",
     ]
 
 
@@ -84,21 +82,6 @@ class Submission:
         if self.tta:
             lines.append("  " + self.tta.diagnostics.summary())
         return "\n".join(lines)
-
-
-def find_unreadable_images(paths: Sequence[str]) -> list[str]:
-    """The files among ``paths`` that TensorFlow's decoder (the one the pipeline uses) cannot read."""
-    if not paths:
-        return []
-
-    def decode(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return index, tf.shape(image)  # the shape depends on the decode, so it cannot be pruned away
-
-    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), list(paths)))
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
-    readable = {int(index) for index, _ in dataset.as_numpy_iterator()}
-    return [p for i, p in enumerate(paths) if i not in readable]
 
 
 def _atomic_write_csv(frame: pd.DataFrame, out: Path) -> None:
@@ -188,11 +171,18 @@ def predict_submission(model_or_path, data_dir: str | os.PathLike | None = None,
     extra = sorted(name for name in present if name not in wanted)
     candidates = [i for i in ids if i in present]
     # Screened like training images (EXIF rotation honoured, converted copies where TensorFlow would
-    # decode wrongly), then confirmed by TensorFlow's own decoder.
+    # decode wrongly), then decoded once by the prediction pass, which leaves out what TensorFlow cannot decode.
     screened = screen_images([present[i] for i in candidates])
     decode_path = dict(zip(screened.sources, screened.usable))
-    unreadable_paths = set(find_unreadable_images(list(screened.usable)))
-    readable = [i for i in candidates if decode_path.get(str(present[i]), "") not in ("", *unreadable_paths)]
+    usable = [i for i in candidates if str(present[i]) in decode_path]
+    tta_result, readable, probabilities = None, [], None
+    if usable:
+        test_images = ImageList(tuple(decode_path[str(present[i])] for i in usable), np.zeros(len(usable), np.int32),
+                                train.class_names)
+        predicted = predict_files(model, test_images, batch_size=batch_size, tta=tta, tta_preset=tta_preset,
+                                  tta_seed=tta_seed, tta_mean=tta_mean)
+        readable = [usable[j] for j in predicted.decoded]
+        probabilities, tta_result = predicted.probabilities, predicted.tta
     readable_ids = set(readable)
     unreadable = [i for i in candidates if i not in readable_ids]
     for what, names in (("has no file in " + str(layout.test_dir), missing), ("cannot be decoded", unreadable)):
@@ -207,16 +197,7 @@ def predict_submission(model_or_path, data_dir: str | os.PathLike | None = None,
     labels = pd.Series(fallback_label, index=ids, dtype=object)
     source = pd.Series("fallback: missing", index=ids, dtype=object)
     source.loc[unreadable] = "fallback: unreadable"
-    tta_result = None
     if readable:
-        test_images = ImageList(tuple(decode_path[str(present[i])] for i in readable), np.zeros(len(readable), np.int32),
-                                train.class_names)
-        if tta and int(tta) > 1:
-            tta_result = tta_predict(model, test_images, preset=tta_preset, passes=int(tta), seed=tta_seed,
-                                     mean=tta_mean, batch_size=batch_size)
-            probabilities = tta_result.probabilities
-        else:
-            probabilities = predict_images(model, test_images, batch_size=batch_size)
         labels.loc[readable] = [train.class_names[c] for c in probabilities.argmax(axis=1)]  # by Id, never by position
         source.loc[readable] = "predicted"
     frame = pd.DataFrame({id_column: ids, label_column: labels.loc[ids].to_numpy()})

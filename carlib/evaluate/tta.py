@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ __all__ = [
     "TTAResult",
     "tta_pass_images",
     "tta_predict",
+    "tta_over_batches",
     "load_image_batches",
     "MEANS",
 ]
@@ -227,21 +228,32 @@ def tta_predict(model, images: ImageList | np.ndarray, *, preset: str = "light",
     ``"geometric"`` (renormalised). The same ``seed`` gives the same result. Warns with
     :class:`TTAWarning`, naming the preset, when every pass fed identical images.
     """
+    size = image_size or model_image_size(model)
+    return tta_over_batches(model, load_image_batches(images, size, batch_size), preset=preset, passes=passes,
+                            seed=seed, mean=mean, batch_size=batch_size, image_size=size, source=images)
+
+
+def tta_over_batches(model, batches: Iterable[np.ndarray], *, preset: str, passes: int, seed: int, mean: str,
+                     batch_size: int, image_size: int, source: ImageList | np.ndarray) -> TTAResult:
+    """:func:`tta_predict` over uint8 batches already at ``image_size`` (``source``: the images they hold).
+
+    For callers that decode the images themselves, e.g. the prediction pass that leaves out files
+    TensorFlow cannot decode (:func:`carlib.evaluate.readable.predict_files`).
+    """
     passes = _check_passes(passes)
     if mean not in MEANS:
         raise ConfigError(f"mean={mean!r} is unknown: expected one of {', '.join(MEANS)}.")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} is out of range: expected an integer >= 1.")
     check_tta_preset(preset)
-    size = image_size or model_image_size(model)
     chunks, any_difference = [], False
-    for batch in load_image_batches(images, size, batch_size):
-        views = tta_pass_images(batch, preset, passes, seed, image_size=size, batch_size=len(batch))
+    for batch in batches:
+        views = tta_pass_images(batch, preset, passes, seed, image_size=image_size, batch_size=len(batch))
         # A pass that fed the un-augmented images again (preset "none", a transform that drew p = 0 for the
         # whole batch) would predict what pass 0 predicts: score only the distinct passes and copy.
         distinct = [0] + [p for p in range(1, passes) if not np.array_equal(views[p], views[0])]
         any_difference = any_difference or len(distinct) > 1
-        flat = views[distinct].reshape(len(distinct) * len(batch), size, size, 3).astype(np.float32)
+        flat = views[distinct].reshape(len(distinct) * len(batch), image_size, image_size, 3).astype(np.float32)
         # predict_on_batch per slice: model.predict pays ~0.2 s of set-up per call, once per image batch here
         probabilities = np.concatenate([np.asarray(model.predict_on_batch(flat[i:i + batch_size]), dtype=np.float64)
                                         for i in range(0, len(flat), batch_size)])
@@ -261,7 +273,7 @@ def tta_predict(model, images: ImageList | np.ndarray, *, preset: str = "light",
             f"({', '.join(p for p in available_tta_presets() if p != 'none')}) or check your preset's transforms "
             "(probabilities p > 0, non-zero ranges).",
             TTAWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of tta_predict
         )
     return TTAResult(
         probabilities=averaged,
@@ -271,8 +283,8 @@ def tta_predict(model, images: ImageList | np.ndarray, *, preset: str = "light",
         passes=passes,
         seed=int(seed),
         mean=mean,
-        image_size=size,
-        source=images,
+        image_size=image_size,
+        source=source,
     )
 
 

@@ -1,9 +1,10 @@
-"""Building and loading carlib models: raw 0–255 RGB in, class probabilities out.
+"""Building and saving carlib models: raw 0–255 RGB in, class probabilities out.
 
 :func:`build_model` puts the backbone's preprocessing inside the model (so training,
 evaluation, TTA and export share one input contract), keeps pretrained BatchNorm in
 inference mode when asked (:class:`InferenceModeBackbone`, R13), and adds carlib's head.
-:func:`load_model` reads a ``.keras`` file back, SavedModel (``hub:``) backbones included.
+:func:`loads_in_safe_mode` tells carlib's loader (:func:`carlib.evaluate.predict.load_model`) whether
+Keras may read a ``.keras`` file in safe mode (not with a SavedModel, ``hub:``, backbone inside).
 :func:`save_model` writes one with its class names inside (:func:`read_class_names` reads them back).
 """
 
@@ -26,7 +27,8 @@ from carlib.models.hub_layer import HubBackbone  # registered as carlib>HubBackb
 from carlib.models.registry import check_knobs, get_backbone
 from carlib.models.spec import PREPROCESSING
 
-__all__ = ["build_model", "ensure_weights", "preprocessing_layer", "InferenceModeBackbone", "feature_extractor", "load_model",
+__all__ = ["build_model", "ensure_weights", "preprocessing_layer", "InferenceModeBackbone", "feature_extractor",
+           "loads_in_safe_mode",
            "model_image_size", "save_model", "add_class_names", "read_class_names", "read_class_names_file",
            "CLASS_NAMES_FILE"]
 
@@ -178,19 +180,22 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     raise ModelError(f"model {model.name!r} has no backbone sub-model")
 
 
-def load_model(path, *, compile: bool = True) -> keras.Model:
-    """Load a ``.keras`` file saved by carlib, ``hub:`` backbones included.
+def loads_in_safe_mode(path: str | os.PathLike) -> bool:
+    """Whether Keras may load the ``.keras`` file ``path`` in safe mode: not when it holds a SavedModel backbone.
 
-    A model holding a :class:`carlib.models.hub_layer.HubBackbone` re-opens its SavedModel, which Keras
-    refuses in safe mode (a SavedModel carries graph code); such files are loaded with
-    ``safe_mode=False``, everything else with Keras' defaults. Load only files you trust.
+    A :class:`carlib.models.hub_layer.HubBackbone` re-opens its SavedModel, which Keras refuses in safe
+    mode (a SavedModel carries graph code); every other carlib model loads with Keras' defaults.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"model file {str(path)!r} does not exist.")
-    with zipfile.ZipFile(path) as archive:
-        holds_savedmodel = "carlib>HubBackbone" in archive.read("config.json").decode()
-    return keras.models.load_model(path, compile=compile, safe_mode=not holds_savedmodel)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("config.json").decode()
+    except (zipfile.BadZipFile, KeyError):
+        raise ModelError(f"{str(path)!r} is not a .keras model file (a zip archive holding config.json): give a "
+                         "file saved by carlib or keras' model.save, or a run folder.") from None
+    return "carlib>HubBackbone" not in config
 
 
 def model_image_size(model) -> int:

@@ -49,7 +49,7 @@ class HubBackbone(keras.layers.TFSMLayer):
 
     Saved in a ``.keras`` file as its handle plus the (fine-tuned) variable values; loading
     re-opens the SavedModel, which Keras allows only with ``safe_mode=False`` (a SavedModel
-    holds graph code): :func:`carlib.models.build.load_model` does that for carlib models.
+    holds graph code): :func:`carlib.evaluate.predict.load_model` does that for carlib models.
     """
 
     def __init__(self, handle: str, call_endpoint: str | None = None, output_key: str | None = None,

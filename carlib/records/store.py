@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from carlib.base.files import atomic_write_text
-from carlib.config import default_results_dir
+from carlib.base.project_files import default_results_dir
 from carlib.records.table import records_to_frame
 
 __all__ = ["ResultsStore", "load_results"]

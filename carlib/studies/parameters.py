@@ -10,7 +10,8 @@ import os
 from typing import Any, Mapping
 
 from carlib.base.project_files import resolve_project_file
-from carlib.config import PARAMETER_NAMES, check_known, load_yaml_mapping
+from carlib.base.yaml_files import load_yaml_mapping
+from carlib.config import PARAMETER_NAMES, check_known
 
 __all__ = ["STUDY_PARAMETERS", "notebook_parameters", "load_params_file"]
 

@@ -48,8 +48,9 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 
 from carlib.base.devices import visible_gpus
-from carlib.base.project_files import resolve_project_file
-from carlib.config import ExperimentConfig, check_known, default_results_dir, load_yaml_mapping
+from carlib.base.project_files import default_results_dir, resolve_project_file
+from carlib.base.yaml_files import load_yaml_mapping
+from carlib.config import ExperimentConfig, check_known
 from carlib.errors import ConfigError
 from carlib.records.store import ResultsStore
 from carlib.studies.local_engine import finished_trial_ids, run_local

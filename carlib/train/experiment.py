@@ -24,10 +24,11 @@ import keras
 import numpy as np
 
 from carlib.base.locks import trial_lock
-from carlib.config import ExperimentConfig, as_config, default_results_dir
-from carlib.evaluate.predict import model_at_size, predict_images
+from carlib.base.project_files import default_results_dir
+from carlib.config import ExperimentConfig, as_config
+from carlib.evaluate.predict import load_model, model_at_size, predict_images
 from carlib.evaluate.tta import tta_predict
-from carlib.models.build import ensure_weights, load_model, save_model
+from carlib.models.build import ensure_weights, save_model
 from carlib.plots import plot_learning_curves
 from carlib.records.record import environment_info, new_record, new_run_id, utc_now
 from carlib.records.store import ResultsStore

@@ -15,14 +15,18 @@ from typing import Any
 
 import keras
 
-from carlib.config import ExperimentConfig, optimizer_class_name
+from carlib.config import ExperimentConfig
 from carlib.errors import ConfigError
 from carlib.models.build import feature_extractor
 from carlib.models.losses import classification_loss
 from carlib.train.runtime import Runtime
 from carlib.train.schedules import LearningRateController
 
-__all__ = ["Stage", "finetune_stages", "set_backbone_trainable", "unfreezable_layers", "compile_for_stage", "enter_stage"]
+__all__ = ["KERAS_OPTIMIZERS", "Stage", "finetune_stages", "set_backbone_trainable", "unfreezable_layers",
+           "compile_for_stage", "enter_stage"]
+
+# The keras.optimizers class of each optimizer name the config accepts (carlib.config.OPTIMIZERS).
+KERAS_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +128,7 @@ def compile_for_stage(model: keras.Model, config: ExperimentConfig, runtime: Run
     schedule (the stage's first epoch), which also sets it every epoch.
     """
     with runtime.strategy.scope():
-        optimizer = getattr(keras.optimizers, optimizer_class_name(config.optimizer))(learning_rate=learning_rate)
+        optimizer = getattr(keras.optimizers, KERAS_OPTIMIZERS[config.optimizer])(learning_rate=learning_rate)
         model.compile(optimizer=optimizer, loss=classification_loss(config.label_smoothing), metrics=["accuracy"],
                       jit_compile=runtime.jit_compile)
 

@@ -14,10 +14,10 @@ from matplotlib.figure import Figure
 
 import carlib
 from carlib import plots
-from carlib.errors import ConfigError
+from carlib.errors import ConfigError, MissingFileError, ModelError
 from carlib.evaluate.checkpoints import evaluate_model, evaluate_run, validation_images
 from carlib.evaluate.metrics import evaluate_predictions, most_confident_mistakes, resolve_class_names
-from carlib.evaluate.predict import model_at_size, resolve_model_path
+from carlib.evaluate.predict import load_model, model_at_size, resolve_model_path
 from carlib.evaluate.resolution import default_test_sizes, resolution_curve
 from carlib.evaluate.tta import tta_predict
 from carlib.models.build import build_model
@@ -167,6 +167,20 @@ def test_run_folder_resolves_to_the_right_checkpoint(run, tmp_path):
     (store / "records" / "final-run.json").unlink()
     with pytest.raises(FileNotFoundError, match="best.keras or last.keras"):
         resolve_model_path(run_dir)
+
+
+def test_one_loader_takes_a_model_a_keras_file_or_a_run_folder(run, tmp_path):
+    assert carlib.load_model is load_model
+    from_folder = load_model(run["run_dir"], compile=False)
+    from_file = load_model(run["checkpoint"]["best"])
+    assert load_model(from_file) is from_file
+    x = np.random.default_rng(0).uniform(0, 255, (2, *from_file.input_shape[1:])).astype("float32")
+    np.testing.assert_allclose(from_folder.predict(x, verbose=0), from_file.predict(x, verbose=0), rtol=1e-5)
+    (tmp_path / "notes.keras").write_text("not a model")
+    with pytest.raises(ModelError, match="not a .keras model file"):
+        load_model(tmp_path / "notes.keras")
+    with pytest.raises(MissingFileError, match="does not exist"):
+        load_model(tmp_path / "gone.keras")
 
 
 def test_model_and_data_with_different_classes_fail(run, tiny_data_dir):

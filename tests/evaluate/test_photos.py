@@ -7,6 +7,7 @@ the expected class and probabilities of every file are computed from PIL's decod
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,6 +18,7 @@ import carlib
 from carlib.cli import main
 from carlib.errors import ConfigError, DataError, ModelError, ModelWarning
 from carlib.evaluate.photos import PHOTO_COLUMNS, find_photos, predict_photos
+from carlib.evaluate.readable import NOT_DECODABLE
 from carlib.models.build import read_class_names, save_model
 
 NAMES = tuple(f"level{c}" for c in range(10))
@@ -74,6 +76,36 @@ def test_every_photo_gets_the_oracle_class_by_name_and_bad_files_get_an_error_ro
     assert "not an image" in bad[str(root / "b" / "broken.jpg")] and "empty" in bad[str(root / "b" / "empty.png")]
     assert frame.loc[frame["error"] != "", "class_index"].isna().all()
     assert str(frame["class_index"].dtype) == "Int64" and str(frame["class_index_2"].dtype) == "Int64"
+
+
+@pytest.mark.parametrize("tta", [0, 2])
+def test_each_photo_is_decoded_once_and_an_undecodable_one_gets_its_error_row(named_model, brightness, tmp_path,
+                                                                              tensorflow_reads, undecodable_jpeg, tta):
+    root = tmp_path / "photos"
+    good = {str(root / f"{n}.{ext}"): cls for n, (cls, ext) in enumerate([(2, "jpg"), (6, "png"), (8, "jpg")])}
+    for index, (path, cls) in enumerate(good.items()):
+        brightness.paint(path, cls, seed=index)
+    undecodable = undecodable_jpeg(Path(next(iter(good))), root / "3_undecodable.jpg")
+    (root / "4_text.jpg").write_text("a note, not a photo")
+    frame = predict_photos(named_model, root, tta=tta, tta_preset="flip").set_index("file")
+
+    errors = frame["error"]
+    assert errors[str(undecodable)] == NOT_DECODABLE and "not an image" in errors[str(root / "4_text.jpg")]
+    assert frame.loc[errors != "", "class_index"].isna().all()
+    predicted = frame[errors == ""]
+    assert sorted(predicted.index) == sorted(good)
+    assert predicted["class_index"].tolist() == [good[f] for f in predicted.index] == \
+        brightness.oracle(predicted.index)[0].tolist()
+    # TensorFlow read each screened file once (the prediction pass itself), the non-image never
+    assert dict(tensorflow_reads) == {**{f: 1 for f in good}, str(undecodable): 1}
+
+
+def test_nothing_decodes_and_every_photo_gets_its_error_row(named_model, photos, tmp_path, undecodable_jpeg):
+    root, _ = photos
+    only = undecodable_jpeg(root / "a" / "0001.jpg", tmp_path / "only" / "x.jpg")
+    frame = predict_photos(named_model, only.parent)
+    assert frame["file"].tolist() == [str(only)] and frame["error"].tolist() == [NOT_DECODABLE]
+    assert frame["class_index"].isna().all()
 
 
 def test_files_named_explicitly_each_get_a_row_in_the_order_given(named_model, photos, brightness, tmp_path):

@@ -14,7 +14,7 @@ from carlib.config import ExperimentConfig
 from carlib.data.folders import list_class_images, prepare_data
 from carlib.data.synthetic import generate_car_dataset
 from carlib.errors import SubmissionError, SubmissionWarning
-from carlib.evaluate.submission import find_unreadable_images, predict_submission, score_submission, validate_submission
+from carlib.evaluate.submission import predict_submission, score_submission, validate_submission
 from carlib.studies.parameters import load_params_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,25 +78,29 @@ def test_predictions_are_those_of_the_model_for_each_file(model_file, data_dir, 
     assert len(set(expected)) == 10  # the predictions vary: a row order shifted by one would fail
 
 
-def test_unreadable_image_is_named_and_gets_the_fallback_row(model_file, data_dir, brightness, tmp_path):
+@pytest.mark.parametrize("tta", [0, 2])
+def test_unreadable_images_are_named_and_get_the_fallback_row(model_file, data_dir, brightness, tmp_path,
+                                                               tensorflow_reads, undecodable_jpeg, tta):
     layout = prepare_data(data_dir)  # extracts test.zip once
     sample = _read(data_dir / "sample-submission.csv")
-    broken = sample["Id"].iloc[3]
-    (layout.test_dir / broken).write_bytes(b"not a jpeg")
-    assert find_unreadable_images([str(layout.test_dir / broken), str(layout.test_dir / sample["Id"].iloc[0])]) == [
-        str(layout.test_dir / broken)]
-    with pytest.warns(SubmissionWarning, match=broken):
-        submission = predict_submission(model_file, data_dir, tmp_path / "s.csv")
+    broken, undecodable = sample["Id"].iloc[3], sample["Id"].iloc[5]
+    (layout.test_dir / broken).write_bytes(b"not a jpeg")  # screening turns it away
+    good = layout.test_dir / sample["Id"].iloc[0]
+    undecodable_jpeg(good, layout.test_dir / undecodable)  # passes screening; the prediction pass finds it
+    with pytest.warns(SubmissionWarning, match=f"{broken}, {undecodable}"):
+        submission = predict_submission(model_file, data_dir, tmp_path / "s.csv", tta=tta, tta_preset="flip")
     written = _read(tmp_path / "s.csv")
     assert written["Id"].tolist() == sample["Id"].tolist()
     train = list_class_images(layout.train_dir)
     majority = train.class_names[int(np.argmax(np.bincount(train.labels)))]
     assert submission.fallback_label == majority
-    assert written.loc[written["Id"] == broken, "Category"].item() == majority
-    assert submission.unreadable == (broken,)
-    assert submission.source.tolist().count("predicted") == len(sample) - 1
-    assert submission.source.iloc[3] == "fallback: unreadable"
-    others = written["Id"] != broken
+    assert written.loc[written["Id"].isin([broken, undecodable]), "Category"].tolist() == [majority, majority]
+    assert submission.unreadable == (broken, undecodable)
+    assert submission.source.tolist().count("predicted") == len(sample) - 2
+    assert submission.source.iloc[3] == submission.source.iloc[5] == "fallback: unreadable"
+    # each test file is read by TensorFlow once: the prediction pass decodes, nothing checks it before
+    assert dict(tensorflow_reads) == {str(layout.test_dir / i): 1 for i in sample["Id"] if i != broken}
+    others = ~written["Id"].isin([broken, undecodable])
     assert written.loc[others, "Category"].tolist() == _oracle(brightness, data_dir, written.loc[others, "Id"])
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import carlib
-from carlib.config import ExperimentConfig
+from carlib.config import OPTIMIZERS, ExperimentConfig
 from carlib.errors import ConfigError
 from carlib.models.build import build_model, feature_extractor
 from carlib.models.registry import get_backbone
-from carlib.train.stages import finetune_stages, set_backbone_trainable
+from carlib.train.stages import KERAS_OPTIMIZERS, finetune_stages, set_backbone_trainable
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +57,12 @@ def test_stages_cover_every_epoch_once(finetune, expected, cnn_weights):
 def test_nonsensical_finetuning_fails_with_the_fix(params, message):
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig(**params)
+
+
+def test_every_optimizer_the_config_accepts_is_a_keras_optimizer():
+    assert set(KERAS_OPTIMIZERS) == set(OPTIMIZERS)
+    for name, class_name in KERAS_OPTIMIZERS.items():
+        assert issubclass(getattr(keras.optimizers, class_name), keras.optimizers.Optimizer), name
 
 
 def test_set_backbone_trainable_unfreezes_from_the_top():
