@@ -37,7 +37,7 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row.update({k: _cell(v) for k, v in record.get("metrics", {}).items()})
         row.update({k: v for k, v in record.get("data", {}).items()
                     if k in ("n_train", "n_val", "n_test", "num_classes", "n_skipped", "n_converted")})
-        row.update({f"{k}": v for k, v in record.get("timings", {}).items() if k in ("total_s", "fit_s", "epoch_s")})
+        row.update({f"{k}": v for k, v in record.get("timings", {}).items() if k in ("total_s", "fit_s", "epoch_s", "cpu_s")})
         # How the run computed (issue 4): the resolved strategy, replicas, global batch and precision.
         row.update({k: v for k, v in record.get("training", {}).items()
                     if k in ("replicas", "global_batch_size", "precision_policy", "stopped_early_after_epoch")})

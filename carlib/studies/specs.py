@@ -57,8 +57,13 @@ for _spec in (
               metric="test_accuracy_tta"),
     StudySpec("backbone_study", "Which backbone at which image size, for what speed?", ("backbone", "image_size"),
               ("val_accuracy_best", "param_count", "train_images_per_s", "eval_images_per_s")),
-    StudySpec("finetune_study", "How should a pretrained backbone be fine-tuned, and with BatchNorm in which mode?",
-              ("finetune", "bn_mode"), ("val_accuracy_best", "epoch_s")),
+    # A study of fine-tuning compares pretrained nets with from-scratch ones too (weights None, another backbone), at
+    # their own sizes and epochs; TTA is part of every arm, so the verdict is on the test figure with TTA.
+    StudySpec("finetune_study", "How should a pretrained backbone be fine-tuned, and does it beat training from "
+                                "scratch for the CPU time?",
+              ("backbone", "weights", "finetune", "bn_mode", "unfreeze_blocks", "image_size", "test_image_size",
+               "epochs"), ("test_accuracy_best", "test_accuracy_fixres", "val_accuracy_best", "cpu_s", "epoch_s"),
+              metric="test_accuracy_tta"),
     StudySpec("cpu_recipe_study", "Which from-scratch recipe trains best on a CPU within a fixed budget?",
               ("backbone", "backbone_width", "backbone_depth", "image_size", "epochs", "augmentation", "label_smoothing",
                "schedule", "warmup_epochs", "lr"),
