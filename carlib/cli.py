@@ -200,7 +200,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_weights(args: argparse.Namespace) -> int:
     """``carlib weights``: what is cached; ``carlib weights add FILE``: put a keras.applications file in Keras' cache."""
-    from carlib.models.pretrained import cached_weights  # deferred: no TensorFlow unless a file is added
+    from carlib.models.pretrained import cached_weights  # deferred: TensorFlow (Keras says where its cache is)
 
     if args.weights_command == "add":
         if not args.file:
@@ -281,7 +281,10 @@ def _cmd_bench_recipe(args: argparse.Namespace) -> int:
     recipe = load_params_file(args.params) if args.params else None
     # With --json, stdout carries only the figures: the recipe runs' epoch lines go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        pretrained = False if args.no_pretrained else (load_params_file(args.pretrained_params)
+                                                       if args.pretrained_params else None)
         figures = recipe_benchmark(args.data_dir, seeds=args.seeds, seed=args.seed, recipe=recipe,
+                                   pretrained=pretrained,
                                    baseline_epochs=args.baseline_epochs, baseline_image_size=args.baseline_image_size,
                                    test_split=args.test_split, results_dir=args.results_dir, verbose=not args.json)
     _print_figures(figures, args.json, format_figures)
@@ -506,7 +509,8 @@ def _add_bench_parsers(sub) -> None:
 
 def _bench_recipe_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carlib bench recipe", description="The CPU recipe "
-                                     "(params/cpu_recipe/recipe.yaml) against a plain Keras CNN on one dataset.",
+                                     "(params/cpu_recipe/recipe.yaml) against a plain Keras CNN, and the pretrained "
+                                     "recipe (params/cpu_recipe/pretrained.yaml) against it, on one dataset.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--data-dir", default=None, help="dataset: competition layout or class folders "
                         "(default: the embedded dataset)")
@@ -514,6 +518,10 @@ def _bench_recipe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--params", default=None,
                         help="YAML preset of the recipe arm (default: params/cpu_recipe/recipe.yaml)")
+    parser.add_argument("--pretrained-params", default=None,
+                        help="YAML preset of the pretrained arm (default: params/cpu_recipe/pretrained.yaml)")
+    parser.add_argument("--no-pretrained", action="store_true",
+                        help="leave out the pretrained arm (EfficientNet-Lite0 from ImageNet; needs carlib[pretrained])")
     parser.add_argument("--baseline-epochs", type=int, default=50, help="epochs of the plain Keras CNN")
     parser.add_argument("--baseline-image-size", type=int, default=96, help="image size of the plain Keras CNN (pixels)")
     parser.add_argument("--test-split", type=float, default=0.2, help="share held out as the test set when the "

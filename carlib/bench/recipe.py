@@ -1,11 +1,13 @@
-"""``carlib bench recipe``: carlib's CPU recipe against a plain hand-written Keras CNN, side by side.
+"""``carlib bench recipe``: carlib's CPU recipe against a plain hand-written Keras CNN, and the pretrained recipe.
 
 The baseline is the CNN a student writes first (``Rescaling(1/255)``, ``Conv2D`` 32/64/128 each
 followed by max-pooling, ``Flatten``, ``Dense(512, relu)``, ``Dropout(0.5)``, softmax; RMSprop at
 1e-3, 50 epochs, no augmentation, the last weights), a strong, simple reference on small photo
 datasets. The recipe is ``params/cpu_recipe/recipe.yaml`` (:func:`cpu_recipe`), trained by
 :func:`carlib.run_experiment` exactly as ``carlib run --params params/cpu_recipe/recipe.yaml``
-would, then scored with its TTA. Both arms train on the same images (the recipe run's own
+would, then scored with its TTA. The third arm, the pretrained recipe
+(``params/cpu_recipe/pretrained.yaml``: EfficientNet-Lite0 fine-tuned from ImageNet), is trained the same
+way and compared with the recipe, within :data:`PRETRAINED_CPU_BUDGET` times its CPU time. All arms train on the same images (the recipe run's own
 splits of the same seed, :func:`carlib.data.splits.split_for_run`), read through carlib's data
 pipeline, and are scored on the same held-out test images: the dataset's labelled test set (a
 ``test/`` folder, or ``test-answers.csv`` as the embedded dataset has) when it has one, else a
@@ -38,12 +40,13 @@ from carlib.data.splits import split_for_run
 from carlib.data.pipeline import eval_dataset, training_dataset
 from carlib.errors import ConfigError, TrainingError
 from carlib.evaluate.predict import predict_images
+from carlib.models.build import ensure_weights
 from carlib.studies.parameters import load_params_file
 from carlib.studies.stats import compare_top_two
 from carlib.train.experiment import run_experiment
 from carlib.train.setup import prepare_run_data
 
-__all__ = ["RECIPE_PRESET", "cpu_recipe", "BASELINE", "baseline_model", "recipe_benchmark", "format_figures", "verdict"]
+__all__ = ["RECIPE_PRESET", "cpu_recipe", "PRETRAINED_PRESET", "PRETRAINED_CPU_BUDGET", "pretrained_recipe", "BASELINE", "baseline_model", "recipe_benchmark", "format_figures", "verdict"]
 
 # The CPU recipe (issue 9), chosen by the cpu_recipe_study on the embedded data (docs/cpu-recipe.md):
 # one preset file for `carlib run --params`, papermill -f and this benchmark (a wheel carries a copy of it).
@@ -53,6 +56,16 @@ RECIPE_PRESET = "params/cpu_recipe/recipe.yaml"
 def cpu_recipe() -> dict[str, Any]:
     """The CPU recipe's parameters, read from :data:`RECIPE_PRESET` (the clone's, or the installed package's copy)."""
     return load_params_file(RECIPE_PRESET)
+
+
+# The pretrained arm (issue 21): EfficientNet-Lite0 fine-tuned from ImageNet, within 3x the recipe's CPU time.
+PRETRAINED_PRESET = "params/cpu_recipe/pretrained.yaml"
+PRETRAINED_CPU_BUDGET = 3.0  # x the from-scratch recipe's CPU time
+
+
+def pretrained_recipe() -> dict[str, Any]:
+    """The pretrained CPU recipe's parameters, read from :data:`PRETRAINED_PRESET`."""
+    return load_params_file(PRETRAINED_PRESET)
 
 
 # The baseline's fixed settings: what a student's first notebook uses on ~100 px photos.
@@ -112,16 +125,17 @@ def _run_baseline(config, *, epochs: int, image_size: int, say: Callable[[str], 
             "class_names": list(test.class_names)}
 
 
-def _run_recipe(config, *, say: Callable[[str], None]) -> dict[str, Any]:
+def _run_preset(arm: str, config, *, say: Callable[[str], None]) -> dict[str, Any]:
+    """One run of a carlib preset arm (the recipe, the pretrained recipe), exactly as ``carlib run`` trains it."""
     clock = _Clock()
-    record = run_experiment(config)  # scores its test set itself, with TTA when the recipe asks for it
+    record = run_experiment(config)  # scores its test set itself, with TTA when the preset asks for it
     if record["status"] != "ok":
-        raise TrainingError(f"the recipe's run {record['run_id']} failed: {record.get('error')}")
+        raise TrainingError(f"the {arm}'s run {record['run_id']} failed: {record.get('error')}")
     metrics = record["metrics"]
     accuracy_plain = metrics["test_accuracy_best"]
     accuracy = metrics.get("test_accuracy_tta") if record["config"]["tta_passes"] else accuracy_plain
     cpu, wall = clock.read()
-    say(f"recipe (seed {config.seed}): test accuracy {accuracy:.4f} ({accuracy_plain:.4f} without TTA), "
+    say(f"{arm} (seed {config.seed}): test accuracy {accuracy:.4f} ({accuracy_plain:.4f} without TTA), "
         f"{cpu:.0f} CPU s, {wall:.0f} s; run {record['run_id']}")
     return {"accuracy": accuracy, "accuracy_no_tta": accuracy_plain, "cpu_s": cpu, "wall_s": wall,
             "run_id": record["run_id"], "best_epoch": metrics.get("best_epoch"),
@@ -144,19 +158,24 @@ def _release() -> None:
 
 # ------------------------------------------------------------------------------ public
 def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 1, seed: int = 0,
-                     recipe: Mapping[str, Any] | None = None, baseline_epochs: int = BASELINE["epochs"],
-                     baseline_image_size: int = BASELINE["image_size"], test_split: float = 0.2,
-                     results_dir: str | os.PathLike | None = None, verbose: bool = True) -> list[dict[str, Any]]:
-    """Train the baseline and the recipe on ``data_dir`` for ``seeds`` seeds; return the figures.
+                     recipe: Mapping[str, Any] | None = None, pretrained: Mapping[str, Any] | bool | None = None,
+                     baseline_epochs: int = BASELINE["epochs"], baseline_image_size: int = BASELINE["image_size"],
+                     test_split: float = 0.2, results_dir: str | os.PathLike | None = None,
+                     verbose: bool = True) -> list[dict[str, Any]]:
+    """Train the baseline, the recipe and the pretrained recipe on ``data_dir`` for ``seeds`` seeds; return the figures.
 
     ``data_dir``: the embedded dataset (``None``), the competition layout or any class-folder
     tree. ``recipe``: the parameters of the recipe arm (default :func:`cpu_recipe`; any carlib
-    parameters, e.g. a preset file's). The recipe's runs are recorded in ``results_dir``
-    (study ``recipe_bench``). Returns a list of ``{"figure", "value", "unit", ...context}``
-    dicts: ``baseline_accuracy``, ``recipe_accuracy``, ``recipe_accuracy_no_tta``,
-    ``accuracy_gain`` (recipe − baseline), ``baseline_cpu_s``, ``recipe_cpu_s``,
-    ``recipe_cpu_ratio`` (recipe / baseline), ``baseline_wall_s``, ``recipe_wall_s``; values are
-    means over the seeds, ``per_seed`` lists each seed's. Arms alternate which one runs first.
+    parameters, e.g. a preset file's). ``pretrained``: those of the pretrained arm (default
+    :func:`pretrained_recipe`), or ``False`` to leave that arm out. The preset arms' runs are
+    recorded in ``results_dir`` (study ``recipe_bench``). Returns a list of ``{"figure", "value",
+    "unit", ...context}`` dicts: ``baseline_accuracy``, ``recipe_accuracy``,
+    ``recipe_accuracy_no_tta``, ``accuracy_gain`` (recipe − baseline), ``baseline_cpu_s``,
+    ``recipe_cpu_s``, ``recipe_cpu_ratio`` (recipe / baseline), ``baseline_wall_s``,
+    ``recipe_wall_s``, and with the pretrained arm ``pretrained_accuracy``,
+    ``pretrained_accuracy_no_tta``, ``pretrained_gain`` (pretrained − recipe), ``pretrained_cpu_s``,
+    ``pretrained_cpu_ratio`` (pretrained / recipe), ``pretrained_wall_s``; values are means over
+    the seeds, ``per_seed`` lists each seed's. Arms rotate which one runs first.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds={seeds!r} is out of range: expected an integer >= 1 (runs of each arm).")
@@ -166,12 +185,21 @@ def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 
     if isinstance(baseline_image_size, bool) or not isinstance(baseline_image_size, int) or baseline_image_size < 32:
         raise ConfigError(f"baseline_image_size={baseline_image_size!r} is out of range: expected an integer >= 32 "
                           "(three 3x3 convolutions and poolings need it).")
-    params = dict(cpu_recipe() if recipe is None else recipe)
-    for key in ("data_dir", "seed", "results_dir", "study", "trial_id", "seeds", "test_split"):
-        params.pop(key, None)  # the benchmark sets these itself
     store = Path(results_dir or default_results_dir()).expanduser().resolve()
-    base = ExperimentConfig.from_dict(params, study="recipe_bench", results_dir=str(store), test_split=test_split,
-                                      data_dir=None if data_dir is None else str(data_dir))  # bad values fail here
+
+    def preset_config(values: Mapping[str, Any]) -> tuple[dict[str, Any], ExperimentConfig]:
+        params = dict(values)
+        for key in ("data_dir", "seed", "results_dir", "study", "trial_id", "seeds", "test_split"):
+            params.pop(key, None)  # the benchmark sets these itself
+        return params, ExperimentConfig.from_dict(params, study="recipe_bench", results_dir=str(store),
+                                                  test_split=test_split,
+                                                  data_dir=None if data_dir is None else str(data_dir))
+
+    params, base = preset_config(cpu_recipe() if recipe is None else recipe)  # bad values fail here
+    pretrained_base = None
+    if pretrained is not False:
+        pretrained_params, pretrained_base = preset_config(pretrained_recipe() if pretrained in (None, True)
+                                                           else pretrained)
     say = (lambda text: print(f"carlib bench recipe: {text}", flush=True)) if verbose else (lambda text: None)
 
     splits = split_for_run(prepare_data(base.data_dir), val_split=base.val_split, test_split=test_split, seed=seed)
@@ -181,22 +209,34 @@ def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 
                           "set; expected a fraction in (0, 1), e.g. 0.2.")
     say(f"{splits.layout.root}: {len(splits.images.class_names)} classes; test set: {splits.test_source} "
         f"({len(splits.test)} images, the same for both arms and every seed)")
+    if pretrained_base is not None:
+        ensure_weights(pretrained_base.backbone, pretrained_base.effective_weights)  # missing weights fail now
     _warm_up()
-    baseline_rows, recipe_rows = [], []
+    rows: dict[str, list[dict[str, Any]]] = {"baseline": [], "recipe": [], "pretrained": []}
     for offset in range(seeds):
         config = base.replace(seed=seed + offset)
         arms = [("baseline", lambda: _run_baseline(config, epochs=baseline_epochs, image_size=baseline_image_size,
                                                    say=say)),
-                ("recipe", lambda: _run_recipe(config, say=say))]
-        for name, run in arms if offset % 2 == 0 else arms[::-1]:
+                ("recipe", lambda: _run_preset("recipe", config, say=say))]
+        if pretrained_base is not None:
+            arms.append(("pretrained", lambda: _run_preset("pretrained", pretrained_base.replace(seed=seed + offset),
+                                                           say=say)))
+        shift = offset % len(arms)  # each arm runs first, second, … in turn
+        for name, run in arms[shift:] + arms[:shift]:
             _release()
-            (baseline_rows if name == "baseline" else recipe_rows).append(run())
-        if baseline_rows[-1]["class_names"] != recipe_rows[-1]["class_names"]:
-            raise TrainingError(f"the arms trained on different classes: {baseline_rows[-1]['class_names']} and "
-                                f"{recipe_rows[-1]['class_names']} (the dataset changed during the benchmark?)")
+            rows[name].append(run())
+        names = {name: tuple(rows[name][-1]["class_names"]) for name, _ in arms}
+        if len(set(names.values())) > 1:
+            raise TrainingError(f"the arms trained on different classes: {names} (the dataset changed during the "
+                                "benchmark?)")
     _release()
-    return _figures(baseline_rows, recipe_rows, base, params, seeds=seeds, seed=seed, data_dir=data_dir,
-                    baseline_epochs=baseline_epochs, baseline_image_size=baseline_image_size)
+    figures = _figures(rows["baseline"], rows["recipe"], base, params, seeds=seeds, seed=seed, data_dir=data_dir,
+                       baseline_epochs=baseline_epochs, baseline_image_size=baseline_image_size)
+    if pretrained_base is not None:
+        figures += _pretrained_figures(rows["recipe"], rows["pretrained"], pretrained_base, pretrained_params,
+                                       context={k: v for k, v in figures[0].items()
+                                                if k not in ("figure", "value", "unit", "std", "per_seed")})
+    return figures
 
 
 def _figures(baseline_rows, recipe_rows, recipe_config, recipe_params, *, seeds: int, seed: int, data_dir,
@@ -244,16 +284,48 @@ def _figures(baseline_rows, recipe_rows, recipe_config, recipe_params, *, seeds:
     return figures
 
 
-def verdict(figures: Sequence[Mapping[str, Any]]) -> str:
-    """Does the recipe beat the baseline on the test images (a paired verdict across seeds) within its CPU time?"""
-    by_name = {f["figure"]: f for f in figures}
+def _pretrained_figures(recipe_rows, pretrained_rows, config, params, *, context) -> list[dict[str, Any]]:
+    """The pretrained arm's figures, against the from-scratch recipe of the same seeds."""
+    context = {**context, "pretrained": {k: v for k, v in config.to_dict().items() if k in params},
+               "pretrained_runs": [row["run_id"] for row in pretrained_rows]}
+    figures = []
+    for name, values, unit in (
+        ("pretrained_accuracy", [row["accuracy"] for row in pretrained_rows], "fraction"),
+        ("pretrained_accuracy_no_tta", [row["accuracy_no_tta"] for row in pretrained_rows], "fraction"),
+        ("pretrained_gain", [p["accuracy"] - r["accuracy"] for r, p in zip(recipe_rows, pretrained_rows)],
+         "fraction"),
+        ("pretrained_cpu_s", [row["cpu_s"] for row in pretrained_rows], "s"),
+        ("pretrained_cpu_ratio", [p["cpu_s"] / r["cpu_s"] for r, p in zip(recipe_rows, pretrained_rows)], "x"),
+        ("pretrained_wall_s", [row["wall_s"] for row in pretrained_rows], "s"),
+    ):
+        values = [float(v) for v in values]
+        figures.append({"figure": name, "value": float(np.mean(values)), "unit": unit,
+                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                        "per_seed": values, **context})
+    return figures
+
+
+def _paired(by_name: Mapping[str, Mapping[str, Any]], first: str, second: str):
     rows = [{"arm": arm, "seed": by_name[f"{arm}_accuracy"]["first_seed"] + i, "status": "ok", "accuracy": value}
-            for arm in ("baseline", "recipe") for i, value in enumerate(by_name[f"{arm}_accuracy"]["per_seed"])]
-    comparison = compare_top_two(pd.DataFrame(rows), ["arm"], "accuracy")
+            for arm in (first, second) for i, value in enumerate(by_name[f"{arm}_accuracy"]["per_seed"])]
+    return compare_top_two(pd.DataFrame(rows), ["arm"], "accuracy")
+
+
+def verdict(figures: Sequence[Mapping[str, Any]]) -> str:
+    """Does the recipe beat the baseline on the test images (a paired verdict across seeds) within its CPU time, and
+    does the pretrained recipe (when it ran) beat the recipe within :data:`PRETRAINED_CPU_BUDGET` times its CPU time?"""
+    by_name = {f["figure"]: f for f in figures}
     ratio = by_name["recipe_cpu_ratio"]["value"]
     budget = (f"The recipe used {ratio:.2f}x the baseline's CPU time "
               + ("(within it)" if ratio <= 1 else "(MORE than the baseline: over budget)"))
-    return f"{comparison.message} {budget}."
+    text = f"{_paired(by_name, 'baseline', 'recipe').message} {budget}."
+    if "pretrained_accuracy" in by_name:
+        ratio = by_name["pretrained_cpu_ratio"]["value"]
+        text += (f" Pretrained against the recipe: {_paired(by_name, 'recipe', 'pretrained').message} The pretrained "
+                 f"recipe used {ratio:.2f}x the recipe's CPU time ("
+                 + (f"within {PRETRAINED_CPU_BUDGET:g}x" if ratio <= PRETRAINED_CPU_BUDGET
+                    else f"MORE than {PRETRAINED_CPU_BUDGET:g}x: over budget") + ").")
+    return text
 
 
 def format_figures(figures: Sequence[Mapping[str, Any]]) -> str:
@@ -270,6 +342,8 @@ def format_figures(figures: Sequence[Mapping[str, Any]]) -> str:
         f"validation images; test set: {first['test_set']}); seeds: {first['seeds']}",
         f"baseline: {first['baseline']}",
         "recipe: " + ", ".join(f"{k}={v}" for k, v in first["recipe"].items()),
+        *(["pretrained: " + ", ".join(f"{k}={v}" for k, v in figures[-1]["pretrained"].items())]
+          if "pretrained" in figures[-1] else []),
         f"machine: {first['machine']}; date: {first['date']}",
         "verdict: " + verdict(figures),
     ]

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ["baseline_accuracy", "recipe_accuracy", "recipe_accuracy_no_tta", "accuracy_gain", "baseline_cpu_s",
            "recipe_cpu_s", "recipe_cpu_ratio", "baseline_wall_s", "recipe_wall_s"]
 TINY = {"image_size": 32, "epochs": 1, "batch_size": 16, "tta_passes": 2}
+PRETRAINED_FIGURES = ["pretrained_accuracy", "pretrained_accuracy_no_tta", "pretrained_gain", "pretrained_cpu_s",
+                      "pretrained_cpu_ratio", "pretrained_wall_s"]
+TINY_PRETRAINED = {"image_size": 32, "test_image_size": 40, "epochs": 2, "head_epochs": 1, "batch_size": 16,
+                   "tta_passes": 2}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,15 @@ def test_the_recipe_is_the_preset_file():
     preset = yaml.safe_load((ROOT / recipe_bench.RECIPE_PRESET).read_text())
     assert recipe_bench.cpu_recipe() == preset
     config = ExperimentConfig.from_dict(preset)  # a valid carlib parameter set, from scratch
-    assert config.weights is None and config.val_split > 0  # the best checkpoint needs a validation split
+    assert config.effective_weights is None and config.val_split > 0  # the best checkpoint needs a validation split
+
+
+def test_the_pretrained_recipe_is_its_preset_file_and_fine_tunes_imagenet_weights():
+    preset = yaml.safe_load((ROOT / recipe_bench.PRETRAINED_PRESET).read_text())
+    assert recipe_bench.pretrained_recipe() == preset
+    config = ExperimentConfig.from_dict(preset).resolved()
+    assert (config.backbone, config.weights, config.finetune) == ("efficientnet_lite0", "imagenet", "two_stage")
+    assert config.test_image_size > config.image_size and config.tta_passes > 0  # FixRes (R21) and TTA (R20)
 
 
 def test_baseline_is_the_plain_keras_cnn():
@@ -50,13 +62,22 @@ def test_baseline_is_the_plain_keras_cnn():
 def test_recipe_benchmark_returns_every_figure(class_folders, results_dir, tmp_path, capsys):
     preset = tmp_path / "tiny-recipe.yaml"
     preset.write_text(yaml.safe_dump({**recipe_bench.cpu_recipe(), **TINY}))
+    pretrained = tmp_path / "tiny-pretrained.yaml"
+    pretrained.write_text(yaml.safe_dump({**recipe_bench.pretrained_recipe(), **TINY_PRETRAINED}))
     assert main(["bench", "recipe", "--json", "--data-dir", str(class_folders), "--params", str(preset),
+                 "--pretrained-params", str(pretrained),
                  "--baseline-epochs", "1", "--baseline-image-size", "32", "--test-split", "0.25",
                  "--results-dir", str(results_dir)]) == 0
     out = capsys.readouterr().out
     figures = [json.loads(line) for line in out.splitlines()]  # --json: nothing but the figures on stdout
     by_name = {f["figure"]: f for f in figures}
-    assert list(by_name) == FIGURES
+    assert list(by_name) == FIGURES + PRETRAINED_FIGURES
+    assert by_name["pretrained_cpu_ratio"]["value"] == pytest.approx(
+        by_name["pretrained_cpu_s"]["value"] / by_name["recipe_cpu_s"]["value"])
+    assert by_name["pretrained_gain"]["value"] == pytest.approx(
+        by_name["pretrained_accuracy"]["value"] - by_name["recipe_accuracy"]["value"])
+    assert by_name["pretrained_accuracy"]["pretrained"]["backbone"] == "efficientnet_lite0"
+    assert len(by_name["pretrained_accuracy"]["pretrained_runs"]) == 1
     for name in ("baseline_accuracy", "recipe_accuracy", "recipe_accuracy_no_tta"):
         assert by_name[name]["unit"] == "fraction" and 0 <= by_name[name]["value"] <= 1
     for name in ("baseline_cpu_s", "recipe_cpu_s", "baseline_wall_s", "recipe_wall_s"):
@@ -72,6 +93,7 @@ def test_recipe_benchmark_returns_every_figure(class_folders, results_dir, tmp_p
     assert len(first["recipe_runs"]) == 1 and (Path(results_dir) / "records").is_dir()
     text = recipe_bench.format_figures(figures)
     assert "verdict: no comparison possible yet" in text and "machine:" in text and "baseline_accuracy" in text
+    assert "Pretrained against the recipe: no comparison possible yet" in text and "pretrained: backbone=" in text
     assert first["test_set"] == "0.25 of the labelled images, held out with data seed 0"
 
 
