@@ -33,6 +33,10 @@ from carlib.studies.specs import STUDIES, get_study
 __all__ = ["main"]
 
 _RESULTS_DIR_HELP = "results store (default: $CARLIB_RESULTS_DIR or ./results)"
+# carlib.studies.aggregate.AGGREGATES, spelt here: importing it would load scipy for every command.
+_AGGREGATES = ("mean", "median", "worst")
+_AGGREGATE_HELP = ("summaries rank configurations by the mean across seeds, their median or the worst seed; the "
+                   "verdict stays a paired test on the mean of the per-seed differences")
 
 
 # ------------------------------------------------------------------------------ commands
@@ -45,11 +49,17 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.summary:
         if not args.study:
             raise ConfigError("--summary needs --study NAME (known: " + ", ".join(STUDIES.names()) + ")")
-        from carlib.studies.stats import compare_top_two, summarize  # deferred: scipy
+        # deferred: scipy
+        from carlib.studies.aggregate import summarize_with
+        from carlib.studies.stats import compare_top_two
 
         spec = get_study(args.study)
         verdict = compare_top_two(frame, spec.scientific, spec.metric, min_effect=args.min_effect)
-        frame = summarize(frame, spec.scientific, spec.metric, extra=spec.extra).reset_index()
+        frame = summarize_with(frame, spec.scientific, spec.metric, extra=spec.extra,
+                               aggregate=args.aggregate).reset_index()
+    elif args.aggregate != "mean":
+        raise ConfigError("--aggregate applies to --summary (one row per configuration); without it each row is one "
+                          "run.")
     elif args.columns:
         missing = [c for c in args.columns if c not in frame.columns]
         if missing:
@@ -70,6 +80,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
         print(("\n" if args.format == "markdown" else "") + f"primary metric: {verdict.metric} (the summary ranks by "
               "it and the verdict decides on it; the other columns are shown, never decided on)")
         print(f"verdict: {verdict.message}")
+        if args.aggregate != "mean":
+            from carlib.studies.aggregate import aggregate_note  # deferred: scipy (loaded above already)
+
+            print(aggregate_note(args.aggregate))
     return 0
 
 
@@ -175,7 +189,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from carlib.studies.report import build_report  # deferred: matplotlib
 
-    print(build_report(args.results_dir, args.out, notebook_dirs=args.notebooks))
+    print(build_report(args.results_dir, args.out, notebook_dirs=args.notebooks, aggregate=args.aggregate))
     return 0
 
 
@@ -521,6 +535,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     results.add_argument("--min-effect", type=float, default=0.01,
                          help="--summary: the difference the seed plan is sized for (default: 0.01, one point of "
                               "accuracy)")
+    results.add_argument("--aggregate", choices=_AGGREGATES, default="mean", help=_AGGREGATE_HELP)
     results.add_argument("--columns", nargs="+", default=None,
                          help="only these columns (default: the leading ones; every one with --all-columns)")
     results.add_argument("--all-columns", action="store_true",
@@ -586,6 +601,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     report.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
     report.add_argument("--out", default="build/report.html", help="where to write the report")
     report.add_argument("--notebooks", nargs="*", default=[], help="more folders of executed notebooks to include")
+    report.add_argument("--aggregate", choices=_AGGREGATES, default="mean", help=_AGGREGATE_HELP)
 
     _add_bench_parsers(sub)
 
