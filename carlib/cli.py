@@ -1,6 +1,6 @@
 """The ``carlib`` command: parses arguments and dispatches to the package; nothing else happens here.
 
-Commands: ``results``, ``run``, ``sweep``, ``predict``, ``export``, ``report``, ``bench`` (and
+Commands: ``results``, ``run``, ``rerun``, ``sweep``, ``predict``, ``export``, ``report``, ``bench`` (and
 ``bench recipe``, ``bench sweep``, ``bench verdicts``), ``data``. Flags spell the parameter vocabulary
 with dashes (``--results-dir``, ``--val-split``); ``--params FILE.yaml`` reads the same names with
 underscores, and flags override it. Every carlib error ends as one ``carlib: error: …`` line and exit
@@ -191,6 +191,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     print(build_report(args.results_dir, args.out, notebook_dirs=args.notebooks, aggregate=args.aggregate))
     return 0
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    """``carlib rerun RUN_ID``: train the run again, print the figures side by side; exit status 1 when they differ."""
+    from carlib.train.rerun import rerun  # deferred: TensorFlow
+
+    report = rerun(args.run_id, args.results_dir, tolerance=args.tolerance)
+    print(report.table())
+    return 0 if report.matched else 1
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -603,6 +612,14 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     report.add_argument("--notebooks", nargs="*", default=[], help="more folders of executed notebooks to include")
     report.add_argument("--aggregate", choices=_AGGREGATES, default="mean", help=_AGGREGATE_HELP)
 
+    rerun = sub.add_parser("rerun", help="train a recorded run again (same config, seed and data) into the same "
+                                         "store, and say figure by figure whether the numbers match")
+    rerun.add_argument("run_id", help="the run to repeat (carlib results lists the ids)")
+    rerun.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
+    rerun.add_argument("--tolerance", type=float, default=0.01,
+                       help="a run without deterministic: each figure must lie within this x max(1, |figure|) "
+                            "(with deterministic: true, figures must be equal)")
+
     _add_bench_parsers(sub)
 
     data = sub.add_parser("data", help="the embedded synthetic dataset; check a dataset before training")
@@ -619,7 +636,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 _COMMANDS = {"results": _cmd_results, "run": _cmd_run, "sweep": _cmd_sweep, "predict": _cmd_predict,
-             "export": _cmd_export, "report": _cmd_report, "bench": _cmd_bench, "data": _cmd_data}
+             "export": _cmd_export, "report": _cmd_report, "bench": _cmd_bench, "data": _cmd_data,
+             "rerun": _cmd_rerun}
 
 
 def _check_unknown_flags(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
