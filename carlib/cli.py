@@ -41,6 +41,8 @@ _AGGREGATE_HELP = ("summaries rank configurations by the mean across seeds, thei
 
 # ------------------------------------------------------------------------------ commands
 def _cmd_results(args: argparse.Namespace) -> int:
+    if args.action == "export" or args.mlflow is not None:
+        return _cmd_results_export(args)
     from carlib.records.store import load_results  # deferred: pandas
 
     stores = args.results_dir or [None]
@@ -84,6 +86,26 @@ def _cmd_results(args: argparse.Namespace) -> int:
             from carlib.studies.aggregate import aggregate_note  # deferred: scipy (loaded above already)
 
             print(aggregate_note(args.aggregate))
+    return 0
+
+
+def _cmd_results_export(args: argparse.Namespace) -> int:
+    """``carlib results export --mlflow URI``: every record not yet exported becomes an MLflow run."""
+    if args.action != "export":
+        raise ConfigError("--mlflow belongs to the export: carlib results export --mlflow TRACKING_URI")
+    if args.mlflow is None:
+        raise ConfigError("carlib results export needs --mlflow TRACKING_URI (sqlite:///mlflow.db, file:///path/mlruns "
+                          "or a tracking server's URL)")
+    shown = [flag for flag, used in (("--summary", args.summary), ("--columns", args.columns),
+                                     ("--all-columns", args.all_columns), ("--format", args.format != "table"),
+                                     ("--aggregate", args.aggregate != "mean")) if used]
+    if shown:
+        raise ConfigError(f"{', '.join(shown)} change(s) how the table is printed; carlib results export takes "
+                          "--mlflow, --results-dir and --study only.")
+    from carlib.studies.mlflow_export import export_to_mlflow  # deferred: MLflow, an optional extra
+
+    report = export_to_mlflow(args.mlflow, args.results_dir or None, args.study, say=print)
+    print(report.summary())
     return 0
 
 
@@ -533,7 +555,14 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carlib", description="Train and compare image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    results = sub.add_parser("results", help="print the combined results table")
+    results = sub.add_parser("results", help="print the combined results table; 'carlib results export --mlflow URI' "
+                                             "copies the store into MLflow")
+    results.add_argument("action", nargs="?", choices=("export",), default=None,
+                         help="export: copy every record not yet exported into MLflow (with --mlflow) "
+                              "(default: none: print the table)")
+    results.add_argument("--mlflow", default=None, metavar="TRACKING_URI",
+                         help="export: the MLflow tracking URI: sqlite:///mlflow.db, file:///path/mlruns or a "
+                              "tracking server (pip install \"carlib[mlflow]\")")
     results.add_argument("--results-dir", action="append", default=None,
                          help=_RESULTS_DIR_HELP + "; repeat it to read several stores as one (a sharded sweep's)")
     results.add_argument("--study", default=None, help="only runs of this study (default: every study)")
