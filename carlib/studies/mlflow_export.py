@@ -7,16 +7,16 @@ time. Per record, one MLflow run in the experiment named after the study:
 - **metrics**: the record's figures (test and validation scores of both checkpoints, best epoch,
   TTA, parameter count, throughput) and its timings at step 0, and each history column per epoch
   (``accuracy``, ``val_accuracy``, ``loss``, ``val_loss``, ``learning_rate``, … with ``step`` = epoch);
-- **tags**: ``carlib.run_id`` (the key: a record already exported is never exported again),
-  ``carlib.study``, ``carlib.status``, ``carlib.seed``, the error of a failed run, ``carlib.rerun_of``,
+- **tags**: ``carlib_run_id`` (the key: a record already exported is never exported again),
+  ``carlib_study``, ``carlib_status``, ``carlib_seed``, the error of a failed run, ``carlib_rerun_of``,
   the library versions and the host;
 - **artifacts**: ``best.keras`` and ``last.keras`` (under ``model/``), ``history.csv``,
   ``learning_curves.png`` and the record itself (``carlib_record.json``);
 - start and end time from the record, status FINISHED or FAILED.
 
 A study with a spec (its scientific parameters and metric) also gets a **parent run**
-(``carlib.summary_of`` = the study; its runs are nested under it with ``mlflow.parentRunId``): the
-summary across seeds (``summary.csv``), the verdict (tags ``carlib.verdict*`` and the run's
+(``carlib_summary_of`` = the study; its runs are nested under it with ``mlflow.parentRunId``): the
+summary across seeds (``summary.csv``), the verdict (tags ``carlib_verdict*`` and the run's
 description) and its figures as metrics whose step is the number of the study's runs, so the verdict's
 history stays visible. It is updated when an export adds runs to the study.
 
@@ -46,9 +46,9 @@ from carlib.studies.stats import compare_top_two, summarize
 
 __all__ = ["RUN_TAG", "SUMMARY_TAG", "ExportReport", "export_to_mlflow"]
 
-RUN_TAG = "carlib.run_id"  # the key of an exported record
-SUMMARY_TAG = "carlib.summary_of"  # the key of a study's parent run
-_COMPLETE_TAG = "carlib.export"  # "complete" once every part of a run is logged; an export cut short is redone
+RUN_TAG = "carlib_run_id"  # the key of an exported record
+SUMMARY_TAG = "carlib_summary_of"  # the key of a study's parent run
+_COMPLETE_TAG = "carlib_export"  # "complete" once every part of a run is logged; an export cut short is redone
 _RUN_FILES = {"best.keras": "model", "last.keras": "model", "history.csv": None, "learning_curves.png": None}
 _BATCH = {"params": 100, "tags": 100, "metrics": 1000}  # MLflow's limits per log_batch call
 
@@ -147,7 +147,7 @@ class _Exporter:
         found = self.client.get_experiment_by_name(study)
         if found is None:
             return self.client.create_experiment(study, artifact_location=_artifact_location(self.uri, study),
-                                                 tags={"carlib.study": study})
+                                                 tags={"carlib_study": study})
         if found.lifecycle_stage == "deleted":
             raise ConfigError(f"the MLflow experiment {study!r} at {self.uri} is deleted: restore it (mlflow "
                               "experiments restore) or remove it for good (mlflow gc), then export again.")
@@ -176,13 +176,13 @@ class _Exporter:
         """One MLflow run for ``record``: params, metrics, history, tags, artifacts; marked complete last."""
         config, metrics = record.get("config") or {}, record.get("metrics") or {}
         started, finished = _millis(record.get("started_at")), _millis(record.get("finished_at"))
-        tags = {RUN_TAG: record["run_id"], "carlib.study": str(record.get("study")),
-                "carlib.status": str(record.get("status")), "carlib.seed": str(config.get("seed")),
+        tags = {RUN_TAG: record["run_id"], "carlib_study": str(record.get("study")),
+                "carlib_status": str(record.get("status")), "carlib_seed": str(config.get("seed")),
                 **({"mlflow.parentRunId": parent} if parent else {}),
-                **({"carlib.rerun_of": record["rerun_of"]} if record.get("rerun_of") else {}),
-                **({"carlib.error": _text(record["error"], 8000)} if record.get("error") else {}),
-                **{f"carlib.version.{k}": str(v) for k, v in (record.get("versions") or {}).items() if v},
-                **({"carlib.host": str(record["hardware"]["host"])}
+                **({"carlib_rerun_of": record["rerun_of"]} if record.get("rerun_of") else {}),
+                **({"carlib_error": _text(record["error"], 8000)} if record.get("error") else {}),
+                **{f"carlib_version_{k}": str(v) for k, v in (record.get("versions") or {}).items() if v},
+                **({"carlib_host": str(record["hardware"]["host"])}
                    if (record.get("hardware") or {}).get("host") else {})}
         run = self.client.create_run(experiment_id, start_time=started, tags=tags, run_name=record["run_id"])
         run_id, stamp = run.info.run_id, finished or started or 0
@@ -228,10 +228,10 @@ class _Exporter:
                    **({"verdict_ci95_low": verdict.ci95[0], "verdict_ci95_high": verdict.ci95[1]} if verdict.ci95
                       else {}),
                    **({"best_mean": float(summary["mean"].iloc[0])} if len(summary) else {})}
-        tags = {"carlib.verdict": _text(verdict.message, 8000), "carlib.verdict.best": str(verdict.best),
-                "carlib.verdict.runner_up": str(verdict.runner_up), "carlib.verdict.test": str(verdict.test),
-                "carlib.verdict.decisive": str(verdict.decisive), "carlib.metric": spec.metric,
-                "carlib.scientific": ",".join(spec.scientific),
+        tags = {"carlib_verdict": _text(verdict.message, 8000), "carlib_verdict_best": str(verdict.best),
+                "carlib_verdict_runner_up": str(verdict.runner_up), "carlib_verdict_test": str(verdict.test),
+                "carlib_verdict_decisive": str(verdict.decisive), "carlib_metric": spec.metric,
+                "carlib_scientific": ",".join(spec.scientific),
                 "mlflow.note.content": _text(f"**{spec.question}**\n\nVerdict ({spec.metric}, paired over seeds): "
                                              f"{verdict.message}", 8000)}
         _batches(self.client, parent, tags=[self.RunTag(k, v) for k, v in tags.items()],
@@ -252,7 +252,7 @@ class _Exporter:
         created = parent is None and has_spec
         if created:
             parent = self.client.create_run(experiment_id, run_name=f"{study} (summary)",
-                                            tags={SUMMARY_TAG: study, "carlib.study": study}).info.run_id
+                                            tags={SUMMARY_TAG: study, "carlib_study": study}).info.run_id
         new = [(record, store) for record, store in runs if record["run_id"] not in done]
         self.report.skipped += [r["run_id"] for r in records if r["run_id"] in done]
         for record, store in new:
@@ -271,7 +271,7 @@ def export_to_mlflow(tracking_uri: str, results_dir: str | os.PathLike | Iterabl
     """Export the finished records of a store (or several: a sharded sweep's) to MLflow; see the module's docstring.
 
     ``tracking_uri``: ``sqlite:///path.db``, ``file:///path`` or a tracking server. ``study``: only
-    its runs. A record already exported (its ``carlib.run_id`` tag) is skipped, so exporting again
+    its runs. A record already exported (its ``carlib_run_id`` tag) is skipped, so exporting again
     adds only new runs. ``say`` receives a line per study that got runs.
     """
     roots = [results_dir] if results_dir is None or isinstance(results_dir, (str, os.PathLike)) else list(results_dir)

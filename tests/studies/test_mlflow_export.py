@@ -52,18 +52,18 @@ def test_every_record_becomes_one_run_under_its_study_summary(demo_store, tmp_pa
     assert "5 run(s) exported" in out and "0 already there" in out and "lr_study (created)" in out
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["lr_study"])
-    children, parents = runs[runs["tags.carlib.run_id"].notna()], runs[runs["tags.carlib.summary_of"].notna()]
+    children, parents = runs[runs["tags.carlib_run_id"].notna()], runs[runs["tags.carlib_summary_of"].notna()]
     assert len(children) == 4 and len(parents) == 1
     (parent_id,) = parents["run_id"]
     assert set(children["tags.mlflow.parentRunId"]) == {parent_id}
     records = {r["run_id"]: r for r in ResultsStore(demo_store).records()}
     client = MlflowClient(uri)
     for _, row in children.iterrows():
-        record = records[row["tags.carlib.run_id"]]
+        record = records[row["tags.carlib_run_id"]]
         assert row["status"] == ("FINISHED" if record["status"] == "ok" else "FAILED")
         assert row["params.lr"] == str(record["config"]["lr"]) and row["params.seed"] == str(record["config"]["seed"])
         if record["status"] != "ok":
-            assert row["tags.carlib.error"] == "training diverged"
+            assert row["tags.carlib_error"] == "training diverged"
             continue
         for name in ("test_accuracy_best", "test_accuracy_last", "val_accuracy_best", "val_loss_last", "best_epoch"):
             assert row[f"metrics.{name}"] == pytest.approx(record["metrics"][name]), name
@@ -76,7 +76,7 @@ def test_every_record_becomes_one_run_under_its_study_summary(demo_store, tmp_pa
                 "carlib_record.json"} <= files
     parent = client.get_run(parent_id)
     verdict = carlib.study_verdict("lr_study", str(demo_store))
-    assert parent.data.tags["carlib.verdict"] == verdict.message and parent.data.metrics["n_runs"] == 4
+    assert parent.data.tags["carlib_verdict"] == verdict.message and parent.data.metrics["n_runs"] == 4
     assert parent.data.metrics["n_failed"] == 1
     assert {a.path for a in client.list_artifacts(parent_id)} == {"summary.csv", "verdict.txt"}
     (adhoc,) = mlflow.search_runs(experiment_names=["adhoc"], output_format="list")
@@ -98,9 +98,9 @@ def test_exporting_again_adds_nothing_and_new_records_are_added_once(store_copy,
                                    finished_at=utc_now())).stem
     out = _export(uri, store_copy, capsys, "--study", "lr_study")
     assert "1 run(s) exported" in out and "lr_study (updated)" in out
-    runs = mlflow.search_runs(experiment_names=["lr_study"], filter_string=f"tags.`carlib.run_id` = '{added}'")
+    runs = mlflow.search_runs(experiment_names=["lr_study"], filter_string=f"tags.`carlib_run_id` = '{added}'")
     assert len(runs) == 1 and runs["metrics.test_accuracy_best"].tolist() == [0.25]
-    (parent,) = mlflow.search_runs(experiment_names=["lr_study"], filter_string="tags.`carlib.summary_of` = "
+    (parent,) = mlflow.search_runs(experiment_names=["lr_study"], filter_string="tags.`carlib_summary_of` = "
                                    "'lr_study'", output_format="list")
     steps = MlflowClient(uri).get_metric_history(parent.info.run_id, "n_runs")
     assert [(m.step, m.value) for m in steps] == [(4, 4.0), (5, 5.0)]  # the verdict's history stays
@@ -112,12 +112,12 @@ def test_an_export_cut_short_is_redone_and_a_file_store_works_offline(store_copy
     client = MlflowClient(uri)
     (adhoc,) = ResultsStore(store_copy).records("adhoc")
     (first,) = client.search_runs([client.get_experiment_by_name("adhoc").experiment_id])
-    client.set_tag(first.info.run_id, "carlib.export", "partial")  # as if the export died before finishing it
+    client.set_tag(first.info.run_id, "carlib_export", "partial")  # as if the export died before finishing it
     out = _export(uri, store_copy, capsys, "--study", "adhoc")
     assert "1 run(s) exported" in out
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["adhoc"])
-    assert runs["tags.carlib.run_id"].tolist() == [adhoc["run_id"]] and runs["run_id"].tolist() != [first.info.run_id]
+    assert runs["tags.carlib_run_id"].tolist() == [adhoc["run_id"]] and runs["run_id"].tolist() != [first.info.run_id]
 
 
 @pytest.mark.parametrize("argv, says", [
