@@ -55,7 +55,7 @@ def summarize_with(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_a
 
 
 def aggregate_note(aggregate: str) -> str:
-    """One sentence for a summary ranked by ``aggregate``: what it ranks by, and that the verdict's test is unchanged."""
+    """One sentence for a summary ranked by ``aggregate``: what it ranks by; the verdict's test is unchanged."""
     what = {"mean": "the mean across seeds", "median": "the median across seeds",
             "worst": "the worst seed (the minimum across seeds)"}[check_aggregate(aggregate)]
     return (f"aggregate: {aggregate}: the summary ranks configurations by {what}; the verdict is the same whatever "

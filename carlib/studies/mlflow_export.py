@@ -81,7 +81,7 @@ def _mlflow():
 
 
 def _prepare_uri(uri: str) -> str:
-    """``uri`` as MLflow takes it; a file store (``file:`` or a plain path) is allowed: MLflow 3 refuses it otherwise."""
+    """``uri`` as MLflow takes it; a file store (``file:``, a plain path) is allowed: MLflow 3 refuses it by default."""
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError("--mlflow needs a tracking URI: sqlite:///mlflow.db (a local database), file:///path/mlruns, "
                           "or a tracking server's http(s)://host:port")

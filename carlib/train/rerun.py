@@ -76,7 +76,9 @@ class RerunReport:
                 f"within {self.tolerance:g} x max(1, |figure|) (deterministic: off; set deterministic: true for "
                 "exact reruns)")
         if not wrong:
-            lines.append(f"rerun {self.rerun_id} of {self.original_id}: all {len(self.figures)} figures match {rule}.")
+            exactly = self.tolerance and all(f.difference in (0, None) for f in self.figures)
+            lines.append(f"rerun {self.rerun_id} of {self.original_id}: all {len(self.figures)} figures match {rule}"
+                         + ("; every one exactly." if exactly else "."))
         else:
             lines.append(f"rerun {self.rerun_id} of {self.original_id}: {len(wrong)} of {len(self.figures)} figures "
                          f"differ beyond the rule ({rule}): {', '.join(wrong)}.")

@@ -44,8 +44,9 @@ atomic_copy(run_dir / "history.csv", store.root / "backups" / "t1" / "history.cs
 with atomic_path(run_dir / "best.keras", suffix=".keras") as temporary:
     temporary.unlink()  # as a writer that deletes and re-creates its file
     temporary.write_bytes(b"model")
-with try_lock(store.root / "claims" / "t1.lock"), exclusive_lock(store.root / "index.lock"), trial_lock(store.root, "t1"):
-    pass
+with try_lock(store.root / "claims" / "t1.lock"), exclusive_lock(store.root / "index.lock"):
+    with trial_lock(store.root, "t1"):
+        pass
 build_report(store.root, store.root / "report.html")
 """
 
