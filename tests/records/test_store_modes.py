@@ -139,8 +139,10 @@ def _as_teammate(uid: int, group: int, work) -> int:
 @pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0, reason="switching users needs root")
 def test_a_second_member_of_the_group_reads_every_file_and_adds_records(group_store):
     group, teammate = 54321, 54322  # ids no one on the machine uses: the store's group, and a second user in it
-    for path in [group_store, *group_store.rglob("*")]:
+    for path in [group_store, *group_store.rglob("*")]:  # the recipe of docs/sweeps.md: the group's, setgid folders
         os.chown(path, -1, group, follow_symlinks=False)
+        if path.is_dir():
+            os.chmod(path, stat.S_IMODE(path.stat().st_mode) | stat.S_ISGID)
     store = ResultsStore(group_store)
     (first,) = store.records()
 
@@ -160,5 +162,6 @@ def test_a_second_member_of_the_group_reads_every_file_and_adds_records(group_st
     assert len(records) == 2 and {r["run_id"] for r in records} > {first["run_id"]}
     written = [p for p in (group_store / "records").iterdir() if p.stat().st_uid == teammate]
     assert len(written) == 2 and all(stat.S_IMODE(p.stat().st_mode) == 0o664 for p in written)
+    assert all(p.stat().st_gid == group for p in written)  # the setgid folder gave them the store's group
     assert json.loads((group_store / "records" / f"{first['run_id']}.json").read_text())["note"] == \
         "rewritten by a teammate"
