@@ -180,7 +180,7 @@ def rerun(run_id: str, results_dir: str | None = None, *, tolerance: float = RER
     ``say`` prints the checks made before training. The rerun's record is written to the same store.
     """
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
-        raise ConfigError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        raise ConfigError(f"--tolerance must be a number >= 0 (0.01: one point of accuracy), got {tolerance!r}")
     store = ResultsStore(results_dir)
     original = store.record(run_id)
     notes = rerun_checks(original)
