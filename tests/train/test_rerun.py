@@ -12,6 +12,7 @@ import carlib
 from carlib import cli
 from carlib.cli import main
 from carlib.data.fingerprint import data_fingerprint
+from carlib.data.folders import prepare_data
 from carlib.errors import MissingFileError
 from carlib.records.record import environment_info
 from carlib.records.store import ResultsStore
@@ -42,7 +43,7 @@ def test_a_deterministic_run_reruns_to_exactly_the_same_figures(tiny_data_dir, r
 
 
 def _record(data_dir, **changes) -> dict:
-    """A finished record as a run of this machine would write it (no training)."""
+    """A finished record as a run of this machine would write it (no training), of a prepared data folder."""
     record = {"run_id": "20261204T000000-lr_study-00000000", "study": "lr_study", "status": "ok",
               "config": {"data_dir": str(data_dir), "deterministic": False, "seed": 0},
               "data": {"fingerprint": data_fingerprint(data_dir)}, **environment_info()}
@@ -52,8 +53,8 @@ def _record(data_dir, **changes) -> dict:
 
 @pytest.fixture
 def data_copy(tiny_data_dir, tmp_path):
-    """A copy of the tiny dataset that a test may change or delete."""
-    return shutil.copytree(tiny_data_dir, tmp_path / "data")
+    """A copy of the tiny dataset that a test may change or delete, its archives extracted (as a run leaves it)."""
+    return prepare_data(shutil.copytree(tiny_data_dir, tmp_path / "data")).root
 
 
 def test_the_checks_before_training_name_what_changed(data_copy):
@@ -104,7 +105,7 @@ def test_without_determinism_figures_match_within_the_stated_tolerance():
 
 
 def test_the_rerun_record_says_when_figures_differ(tiny_data_dir, results_dir, monkeypatch, capsys):
-    record = _record(tiny_data_dir, metrics={"test_accuracy_best": 0.9}, history=[])
+    record = _record(prepare_data(tiny_data_dir).root, metrics={"test_accuracy_best": 0.9}, history=[])
     ResultsStore(results_dir).write(record)
 
     def fake_run(config, rerun_of):  # a rerun that scores less, written as run_experiment would
