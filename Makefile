@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "carlib needs Python >= 3.11, found " + sys.version' 
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev,ray,pretrained]"
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev,ray,pretrained,mlflow]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (carlib)" >/dev/null
 	touch $(STAMP)
 

@@ -44,6 +44,8 @@ _EXPORTS = {
     # results
     "load_results": "carlib.records.store",
     "ResultsStore": "carlib.records.store",
+    "rerun": "carlib.train.rerun",
+    "export_to_mlflow": "carlib.studies.mlflow_export",
     # models and data
     "build_model": "carlib.models.build",
     "BackboneSpec": "carlib.models.spec",

@@ -1,6 +1,6 @@
 """The ``carlib`` command: parses arguments and dispatches to the package; nothing else happens here.
 
-Commands: ``results``, ``run``, ``sweep``, ``predict``, ``export``, ``report``, ``bench`` (and
+Commands: ``results``, ``run``, ``rerun``, ``sweep``, ``predict``, ``export``, ``report``, ``bench`` (and
 ``bench recipe``, ``bench sweep``, ``bench verdicts``), ``data``, ``weights``. Flags spell the parameter vocabulary
 with dashes (``--results-dir``, ``--val-split``); ``--params FILE.yaml`` reads the same names with
 underscores, and flags override it. Every carlib error ends as one ``carlib: error: …`` line and exit
@@ -35,10 +35,16 @@ from carlib.studies.specs import STUDIES, get_study
 __all__ = ["main"]
 
 _RESULTS_DIR_HELP = "results store (default: $CARLIB_RESULTS_DIR or ./results)"
+# carlib.studies.aggregate.AGGREGATES, spelt here: importing it would load scipy for every command.
+_AGGREGATES = ("mean", "median", "worst")
+_AGGREGATE_HELP = ("summaries rank configurations by the mean across seeds, their median or the worst seed; the "
+                   "verdict stays a paired test on the mean of the per-seed differences")
 
 
 # ------------------------------------------------------------------------------ commands
 def _cmd_results(args: argparse.Namespace) -> int:
+    if args.action == "export" or args.mlflow is not None:
+        return _cmd_results_export(args)
     from carlib.records.store import load_results  # deferred: pandas
 
     stores = args.results_dir or [None]
@@ -47,11 +53,17 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.summary:
         if not args.study:
             raise ConfigError("--summary needs --study NAME (known: " + ", ".join(STUDIES.names()) + ")")
-        from carlib.studies.stats import compare_top_two, summarize  # deferred: scipy
+        # deferred: scipy
+        from carlib.studies.aggregate import summarize_with
+        from carlib.studies.stats import compare_top_two
 
         spec = get_study(args.study)
         verdict = compare_top_two(frame, spec.scientific, spec.metric, min_effect=args.min_effect)
-        frame = summarize(frame, spec.scientific, spec.metric, extra=spec.extra).reset_index()
+        frame = summarize_with(frame, spec.scientific, spec.metric, extra=spec.extra,
+                               aggregate=args.aggregate).reset_index()
+    elif args.aggregate != "mean":
+        raise ConfigError("--aggregate applies to --summary (one row per configuration); without it each row is one "
+                          "run.")
     elif args.columns:
         missing = [c for c in args.columns if c not in frame.columns]
         if missing:
@@ -72,6 +84,30 @@ def _cmd_results(args: argparse.Namespace) -> int:
         print(("\n" if args.format == "markdown" else "") + f"primary metric: {verdict.metric} (the summary ranks by "
               "it and the verdict decides on it; the other columns are shown, never decided on)")
         print(f"verdict: {verdict.message}")
+        if args.aggregate != "mean":
+            from carlib.studies.aggregate import aggregate_note  # deferred: scipy (loaded above already)
+
+            print(aggregate_note(args.aggregate))
+    return 0
+
+
+def _cmd_results_export(args: argparse.Namespace) -> int:
+    """``carlib results export --mlflow URI``: every record not yet exported becomes an MLflow run."""
+    if args.action != "export":
+        raise ConfigError("--mlflow belongs to the export: carlib results export --mlflow TRACKING_URI")
+    if args.mlflow is None:
+        raise ConfigError("carlib results export needs --mlflow TRACKING_URI (sqlite:///mlflow.db, file:///path/mlruns "
+                          "or a tracking server's URL)")
+    shown = [flag for flag, used in (("--summary", args.summary), ("--columns", args.columns),
+                                     ("--all-columns", args.all_columns), ("--format", args.format != "table"),
+                                     ("--aggregate", args.aggregate != "mean")) if used]
+    if shown:
+        raise ConfigError(f"{', '.join(shown)} change(s) how the table is printed; carlib results export takes "
+                          "--mlflow, --results-dir and --study only.")
+    from carlib.studies.mlflow_export import export_to_mlflow  # deferred: MLflow, an optional extra
+
+    report = export_to_mlflow(args.mlflow, args.results_dir or None, args.study, say=print)
+    print(report.summary())
     return 0
 
 
@@ -177,8 +213,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from carlib.studies.report import build_report  # deferred: matplotlib
 
-    print(build_report(args.results_dir, args.out, notebook_dirs=args.notebooks))
+    print(build_report(args.results_dir, args.out, notebook_dirs=args.notebooks, aggregate=args.aggregate))
     return 0
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    """``carlib rerun RUN_ID``: train the run again, print the figures side by side; exit status 1 when they differ."""
+    from carlib.train.rerun import rerun  # deferred: TensorFlow
+
+    report = rerun(args.run_id, args.results_dir, tolerance=args.tolerance)
+    print(report.table())
+    return 0 if report.matched else 1
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -578,7 +623,14 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carlib", description="Train and compare image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    results = sub.add_parser("results", help="print the combined results table")
+    results = sub.add_parser("results", help="print the combined results table; 'carlib results export --mlflow URI' "
+                                             "copies the store into MLflow")
+    results.add_argument("action", nargs="?", choices=("export",), default=None,
+                         help="export: copy every record not yet exported into MLflow (with --mlflow) "
+                              "(default: none: print the table)")
+    results.add_argument("--mlflow", default=None, metavar="TRACKING_URI",
+                         help="export: the MLflow tracking URI: sqlite:///mlflow.db, file:///path/mlruns or a "
+                              "tracking server (pip install \"carlib[mlflow]\")")
     results.add_argument("--results-dir", action="append", default=None,
                          help=_RESULTS_DIR_HELP + "; repeat it to read several stores as one (a sharded sweep's)")
     results.add_argument("--study", default=None, help="only runs of this study (default: every study)")
@@ -589,6 +641,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     results.add_argument("--min-effect", type=float, default=0.01,
                          help="--summary: the difference the seed plan is sized for (default: 0.01, one point of "
                               "accuracy)")
+    results.add_argument("--aggregate", choices=_AGGREGATES, default="mean", help=_AGGREGATE_HELP)
     results.add_argument("--columns", nargs="+", default=None,
                          help="only these columns (default: the leading ones; every one with --all-columns)")
     results.add_argument("--all-columns", action="store_true",
@@ -657,6 +710,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     report.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
     report.add_argument("--out", default="build/report.html", help="where to write the report")
     report.add_argument("--notebooks", nargs="*", default=[], help="more folders of executed notebooks to include")
+    report.add_argument("--aggregate", choices=_AGGREGATES, default="mean", help=_AGGREGATE_HELP)
+
+    rerun = sub.add_parser("rerun", help="train a recorded run again (same config, seed and data) into the same "
+                                         "store, and say figure by figure whether the numbers match")
+    rerun.add_argument("run_id", help="the run to repeat (carlib results lists the ids)")
+    rerun.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
+    rerun.add_argument("--tolerance", type=float, default=0.01,
+                       help="a run without deterministic: each figure must lie within this x max(1, |figure|) "
+                            "(with deterministic: true, figures must be equal)")
 
     _add_bench_parsers(sub)
 
@@ -683,7 +745,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 _COMMANDS = {"results": _cmd_results, "run": _cmd_run, "sweep": _cmd_sweep, "predict": _cmd_predict,
              "export": _cmd_export, "report": _cmd_report, "bench": _cmd_bench, "data": _cmd_data,
-             "weights": _cmd_weights}
+             "weights": _cmd_weights, "rerun": _cmd_rerun}
 
 
 def _check_unknown_flags(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:

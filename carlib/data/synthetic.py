@@ -40,6 +40,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from carlib.base.files import new_folder_mode
 from carlib.errors import ConfigError, OutputExistsError
 
 __all__ = [
@@ -847,7 +848,7 @@ def generate_car_dataset(
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not secret
+        os.chmod(tmp, new_folder_mode())  # mkdtemp makes it private; the dataset is not secret: mkdir's mode
         _write_zip(tmp / "train.zip", [(f"train/{c}/{n}", data) for c, n, data in train])
         _write_zip(tmp / "test.zip", [(f"test_upload/{n}", data) for _, n, data in test])
         _write_csv(tmp / "train.csv", sorted(((n, c) for c, n, _ in train), key=lambda r: int(r[0][:-4])))

@@ -23,6 +23,7 @@ import pandas as pd
 
 from carlib.base.files import atomic_write_text
 from carlib.base.project_files import default_results_dir
+from carlib.errors import MissingFileError
 from carlib.records.table import records_to_frame
 
 __all__ = ["ResultsStore", "load_results"]
@@ -48,6 +49,16 @@ class ResultsStore:
         final = self.records_dir / f"{record['run_id']}.json"
         atomic_write_text(final, json.dumps(record, indent=1, default=_json_default, allow_nan=True))
         return final
+
+    def record(self, run_id: str) -> dict[str, Any]:
+        """The record of ``run_id``; a :class:`~carlib.errors.MissingFileError` naming the latest ids when absent."""
+        found = next((r for r in self.records() if r["run_id"] == run_id), None)
+        if found is None:
+            latest = [r["run_id"] for r in self.records()[-3:]]
+            raise MissingFileError(f"no run {run_id!r} in the results store {str(self.root)!r} "
+                                   + (f"(its latest runs: {', '.join(latest)}); " if latest else "(it has no runs); ")
+                                   + "check the id (carlib results --results-dir DIR lists them) and --results-dir.")
+        return found
 
     def records(self, study: str | None = None) -> list[dict[str, Any]]:
         """All finished records (optionally of one study), oldest first; unreadable files are skipped with a warning."""

@@ -41,6 +41,8 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         # How the run computed (issue 4): the resolved strategy, replicas, global batch and precision.
         row.update({k: v for k, v in record.get("training", {}).items()
                     if k in ("replicas", "global_batch_size", "precision_policy", "stopped_early_after_epoch")})
+        if record.get("rerun_of"):  # carlib rerun: the run this one repeats
+            row["rerun_of"] = record["rerun_of"]
         row["error"] = record.get("error")
         row["run_dir"] = record.get("run_dir")
         rows.append(row)

@@ -29,7 +29,8 @@ from carlib.records.record import environment_info
 from carlib.records.store import ResultsStore
 from carlib.records.table import COMPACT_COLUMNS
 from carlib.studies.specs import STUDIES
-from carlib.studies.stats import compare_top_two, summarize
+from carlib.studies.aggregate import aggregate_note, check_aggregate, summarize_with
+from carlib.studies.stats import compare_top_two
 
 __all__ = ["build_report"]
 
@@ -113,12 +114,15 @@ def _default_study(notebook: dict[str, Any]) -> str | None:
 
 
 def build_report(results_dir: str | os.PathLike | None = None, out: str | os.PathLike = "build/report.html", *,
-                 notebook_dirs: list[str | os.PathLike] = (), title: str = "carlib report") -> Path:
+                 notebook_dirs: list[str | os.PathLike] = (), title: str = "carlib report",
+                 aggregate: str = "mean") -> Path:
     """Write the HTML report of a results store to ``out`` and return its path.
 
     ``notebook_dirs`` adds folders of executed notebooks beyond the sweeps' own
-    (``<results_dir>/notebooks``).
+    (``<results_dir>/notebooks``); ``aggregate`` ranks each summary by the ``mean``, ``median`` or
+    ``worst`` seed (:mod:`carlib.studies.aggregate`).
     """
+    check_aggregate(aggregate)
     store = ResultsStore(results_dir)
     records = store.records()
     table = store.table()
@@ -136,8 +140,9 @@ def build_report(results_dir: str | os.PathLike | None = None, out: str | os.Pat
             parts.append(f"<p><b>Question:</b> {html.escape(spec.question)} "
                          f"<b>Scientific parameters:</b> {', '.join(spec.scientific)}; runs repeat over seeds.</p>")
         if spec is not None and not study_table.empty:
-            summary = summarize(study_table, spec.scientific, spec.metric, extra=spec.extra)
-            parts.append(f"<p class='meta'>metric: {spec.metric}</p>" + _table_html(summary))
+            summary = summarize_with(study_table, spec.scientific, spec.metric, extra=spec.extra, aggregate=aggregate)
+            note = f" · {html.escape(aggregate_note(aggregate))}" if aggregate != "mean" else ""
+            parts.append(f"<p class='meta'>metric: {spec.metric}{note}</p>" + _table_html(summary))
             verdict = compare_top_two(study_table, spec.scientific, spec.metric)
             parts.append(f'<p class="verdict"><b>Verdict:</b> {html.escape(verdict.message)}</p>')
             parts.append(_figure_html(plot_summary(summary, metric=spec.metric)))

@@ -12,7 +12,8 @@ from carlib.data.folders import list_class_images, prepare_data, sample_images
 from carlib.errors import ConfigError
 from carlib.records.store import load_results
 from carlib.studies.specs import get_study
-from carlib.studies.stats import MIN_EFFECT, Verdict, compare_top_two, summarize
+from carlib.studies.aggregate import summarize_with
+from carlib.studies.stats import MIN_EFFECT, Verdict, compare_top_two
 
 __all__ = ["run_study", "study_config", "study_summary", "study_verdict", "augmentation_samples"]
 
@@ -43,15 +44,17 @@ def run_study(study: str, *, seeds: int = 1, **params: Any) -> list[dict[str, An
     return [run_experiment(base.replace(seed=base.seed + i)) for i in range(seeds)]
 
 
-def study_summary(study: str, results_dir: str | None = None) -> pd.DataFrame:
+def study_summary(study: str, results_dir: str | None = None, *, aggregate: str = "mean") -> pd.DataFrame:
     """The summary of every run of ``study`` in the store, grouped by its scientific parameters.
 
     Columns: n finished and n_failed runs, mean, std and 95 % CI of the study's primary metric (a
     held-out test figure) across seeds, min, max, and the study's other figures averaged
-    (``<name>_mean``); best configuration first. ``summary.attrs["metric"]`` names the metric.
+    (``<name>_mean``); best configuration first: by the mean, or by ``aggregate`` (``median``, ``worst``:
+    :func:`carlib.studies.aggregate.summarize_with`). ``summary.attrs["metric"]`` names the metric.
     """
     spec = get_study(study)
-    return summarize(load_results(results_dir, study=study), spec.scientific, spec.metric, spec.extra)
+    return summarize_with(load_results(results_dir, study=study), spec.scientific, spec.metric, spec.extra,
+                          aggregate=aggregate)
 
 
 def study_verdict(study: str, results_dir: str | None = None, *, min_effect: float = MIN_EFFECT) -> Verdict:

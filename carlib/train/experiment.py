@@ -26,6 +26,7 @@ import numpy as np
 from carlib.base.locks import trial_lock
 from carlib.base.project_files import default_results_dir
 from carlib.config import ExperimentConfig, as_config
+from carlib.data.fingerprint import data_fingerprint
 from carlib.evaluate.predict import load_model, model_at_size, predict_images
 from carlib.evaluate.tta import tta_predict
 from carlib.models.build import ensure_weights, save_model
@@ -47,7 +48,8 @@ def divergence_message(epoch: int) -> str:
             "best checkpoint so far is kept. Lower lr (or add warmup_epochs) and run again.")
 
 
-def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *, rerun_of: str | None = None,
+                   **overrides: Any) -> dict[str, Any]:
     """Train and evaluate one configuration; return its record (also written to the results store).
 
     The record holds the resolved config, metrics of the best and the last weights on the
@@ -58,7 +60,7 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *
     error is written and the exception re-raised; an interrupted run writes no record. A run
     with a ``trial_id`` backs up every epoch and, rerun after a kill, resumes after its last
     finished epoch (:mod:`carlib.train.resume`); a diverged run stops at once, fails, keeps its
-    best checkpoint.
+    best checkpoint. ``rerun_of`` names the run this one repeats (``carlib rerun``); the record keeps it.
     """
     clock = _Clock()
     config = as_config(config, **overrides)
@@ -68,7 +70,7 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *
         ensure_weights(data.config.backbone, data.config.weights)  # missing ImageNet weights fail here, unrecorded
         runtime = resolve_runtime(data.config)
         clock.mark("data")
-        run = _start_run(data, runtime, clock)
+        run = _start_run(data, runtime, clock, rerun_of)
         try:
             setup = build_training(data, runtime)
             callbacks = _callbacks(setup, run)
@@ -135,7 +137,7 @@ def _one_process_per_trial(config: ExperimentConfig):
     return trial_lock(Path(config.results_dir or default_results_dir()).expanduser().resolve(), config.trial_id)
 
 
-def _start_run(data: RunData, runtime: Runtime, clock: _Clock) -> _Run:
+def _start_run(data: RunData, runtime: Runtime, clock: _Clock, rerun_of: str | None = None) -> _Run:
     """The run's id and folder (a killed trial's own, when it resumes), its backup, and the record's first sections."""
     config = data.config
     store = ResultsStore(config.results_dir)
@@ -150,6 +152,8 @@ def _start_run(data: RunData, runtime: Runtime, clock: _Clock) -> _Run:
         started_at=state.started_at if state else clock.started_at,
         data={
             "root": str(data.root),
+            # file count, bytes and a hash of the names: a rerun checks its data is the same (carlib rerun)
+            "fingerprint": data_fingerprint(data.root),
             "train_dir": str(data.train_dir),
             "num_classes": data.num_classes,
             "class_names": list(images.class_names),
@@ -169,6 +173,7 @@ def _start_run(data: RunData, runtime: Runtime, clock: _Clock) -> _Run:
         run_dir=str(run_dir),
         training=runtime.describe(config.batch_size),
         **environment_info(gpus=gpu_names()),
+        **({"rerun_of": rerun_of} if rerun_of else {}),
     )
     print(f"carlib run {run_id}: {config.backbone} @ {config.image_size}px, lr={config.lr:g} ({config.schedule}), "
           f"augmentation={config.augmentation}, {len(data.train_images)} train / {len(data.val_images)} val / "

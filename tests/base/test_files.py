@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from carlib.base.files import atomic_copy, atomic_path, atomic_write_text
+from carlib.base.files import atomic_copy, atomic_path, atomic_write_text, current_umask, new_file_mode, new_folder_mode
 
 
 def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -44,3 +44,20 @@ def test_the_content_is_flushed_to_disk_before_the_rename(tmp_path, monkeypatch)
     atomic_write_text(tmp_path / "a.txt", "x")
     atomic_copy(tmp_path / "a.txt", tmp_path / "b.txt")
     assert len(synced) == 2 and (tmp_path / "b.txt").read_text() == "x"
+
+
+def test_the_umask_is_read_without_changing_it_with_or_without_proc(monkeypatch):
+    expected = os.umask(0o022)
+    os.umask(expected)
+    assert current_umask() == expected
+    assert new_file_mode() == 0o666 & ~expected and new_folder_mode() == 0o777 & ~expected
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):  # a system without /proc/self/status (macOS, old kernels)
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    assert current_umask() == expected
+    assert os.umask(expected) == expected  # the fallback put it back
