@@ -67,7 +67,8 @@ def _config_labels(summary: pd.DataFrame) -> list[str]:
     labels = []
     for key in summary.index:
         key = key if isinstance(key, tuple) else (key,)
-        labels.append("\n".join(f"{v:g}" if isinstance(v, float) else str(v) for v in key))
+        labels.append("\n".join("None" if v is None or v != v else f"{v:g}" if isinstance(v, float) else str(v)
+                                for v in key))  # v != v: NaN, a None in the table
     return labels if names else [str(i) for i in summary.index]
 
 

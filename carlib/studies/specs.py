@@ -55,8 +55,10 @@ for _spec in (
     StudySpec("tta_visualization", "Does test-time augmentation help, and do its passes differ?",
               ("tta_preset", "tta_passes"), ("test_accuracy_best", "val_accuracy_tta", "tta_changed_images"),
               metric="test_accuracy_tta"),
-    StudySpec("backbone_study", "Which backbone at which image size, for what speed?", ("backbone", "image_size"),
-              ("val_accuracy_best", "param_count", "train_images_per_s", "eval_images_per_s")),
+    # weights, finetune and epochs tell a pretrained arm from its random-init control and a from-scratch recipe
+    StudySpec("backbone_study", "Which backbone at which image size, for what speed?",
+              ("backbone", "weights", "finetune", "image_size", "epochs"),
+              ("val_accuracy_best", "param_count", "train_images_per_s", "eval_images_per_s", "cpu_s")),
     # A study of fine-tuning compares pretrained nets with from-scratch ones too (weights None, another backbone), at
     # their own sizes and epochs; TTA is part of every arm, so the verdict is on the test figure with TTA.
     StudySpec("finetune_study", "How should a pretrained backbone be fine-tuned, and does it beat training from "

@@ -55,8 +55,14 @@ _NOT_TRIAL = {"results_dir", "trial_id"}
 # --------------------------------------------------------------------------- the table
 def _label(by: Sequence[str], key) -> str:
     key = key if isinstance(key, tuple) else (key,)
-    return ", ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-                     for name, value in zip(by, key))
+    return ", ".join(f"{name}={_shown(value)}" for name, value in zip(by, key))
+
+
+def _shown(value) -> str:
+    """A parameter's value as a person wrote it: None where the table holds NaN (weights None), floats short."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "None"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def deduplicate(frame: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
@@ -131,12 +137,14 @@ def summarize(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_accura
         rows[key], labels[key] = row, _label(by, key)
     if not rows:
         return pd.DataFrame(columns=columns)
-    summary = pd.DataFrame.from_dict(rows, orient="index")
-    summary["_label"] = [labels[k] for k in summary.index]
+    # Rows by position, not by key: a key holding NaN (weights None) never equals itself, so pandas would lose it.
+    summary = pd.DataFrame(list(rows.values()))
+    summary["_label"], summary["_key"] = list(labels.values()), list(rows)
     summary = summary.sort_values(["mean", "_label"], ascending=[False, True], na_position="last", kind="stable")
+    keys = list(summary.pop("_key"))
     summary = summary.drop(columns="_label")
-    summary.index = pd.MultiIndex.from_tuples(summary.index, names=list(by)) if len(by) > 1 else \
-        pd.Index([k[0] for k in summary.index], name=by[0])
+    summary.index = pd.MultiIndex.from_tuples(keys, names=list(by)) if len(by) > 1 else \
+        pd.Index([k[0] for k in keys], name=by[0])
     summary.attrs["metric"] = metric
     return summary[columns]
 

@@ -61,7 +61,10 @@ def test_every_shipped_sweep_is_valid(sweep):
 
     spec = load_sweep(sweep)
     get_study(spec.study)
-    assert set(spec.grid) <= set(get_study(spec.study).scientific), "a sweep's grid holds scientific parameters"
+    scientific = get_study(spec.study).scientific
+    assert set(spec.grid) <= set(scientific), "a sweep's grid holds scientific parameters"
+    labels = {tuple(str(arm.get(name, spec.base.get(name))) for name in scientific) for arm in spec.arms}
+    assert len(labels) == len(spec.arms), "each arm differs from the others in a scientific parameter"
     if sweep.name == "sweep-quick.yaml":  # the demo's: two arms, 2 or 3 seeds, the embedded data
         (values,) = spec.grid.values()
         assert len(values) == 2 and spec.seeds in (2, 3) and "data_dir" not in spec.base
@@ -76,8 +79,8 @@ def test_every_preset_names_only_known_parameters(preset):
     params = load_params_file(preset)
     params.pop("seeds", None)
     data_dir = params.pop("data_dir", None)
-    weights = params.pop("weights", None)
-    assert weights in (None, "imagenet")
+    weights = params.pop("weights", "auto")
+    assert weights in (None, "imagenet", "auto")
     assert data_dir is None or isinstance(data_dir, str)
     ExperimentConfig.from_dict(params, weights=weights)  # fine-tuning presets are valid only with weights
 

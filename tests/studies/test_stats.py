@@ -229,3 +229,14 @@ def test_a_a_check_identical_configurations_are_not_distinguishable(fast_config)
     assert verdict.decisive is False, verdict.message
     low, high = verdict.ci95
     assert low <= 0 <= high  # identical runs: the interval contains 0 (here the runs are bit-for-bit the same)
+
+
+def test_a_configuration_with_a_none_parameter_keeps_its_runs_and_reads_none():
+    """weights None is NaN in the table: NaN never equals itself, so the summary must not look rows up by key."""
+    rows = [{"backbone": "efficientnet_lite0", "weights": weights, "seed": seed, "status": "ok", "run_id": f"{weights}{seed}",
+             "accuracy": base + 0.01 * seed + (0.02 * seed if weights else 0)}
+            for weights, base in ((None, 0.5), ("imagenet", 0.8)) for seed in range(3)]
+    frame = pd.DataFrame(rows)
+    summary = summarize(frame, ["backbone", "weights"], "accuracy")
+    assert list(summary["n"]) == [3, 3] and summary["mean"].iloc[0] == pytest.approx(0.83)
+    assert "weights=imagenet beats weights=None" in compare_top_two(frame, ["backbone", "weights"], "accuracy").message
