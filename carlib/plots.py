@@ -104,7 +104,8 @@ def plot_summary(summary: pd.DataFrame, *, metric: str | None = None) -> Figure:
 
 
 def plot_tradeoff(summary: pd.DataFrame, *, x: str = "train_images_per_s_mean", y: str = "mean") -> Figure:
-    """Scatter of a summary's configurations: accuracy (``y``) against a cost such as throughput (``x``)."""
+    """Scatter of a summary's configurations: accuracy (``y``) against a cost such as throughput or CPU seconds
+    (``x``, e.g. ``cpu_s_mean``)."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     ax = figure.subplots()
     if summary.empty or x not in summary:
@@ -113,7 +114,8 @@ def plot_tradeoff(summary: pd.DataFrame, *, x: str = "train_images_per_s_mean", 
     ax.scatter(summary[x], summary[y], color="C1")
     for label, xv, yv in zip(_config_labels(summary), summary[x], summary[y]):
         ax.annotate(label.replace("\n", " @ "), (xv, yv), fontsize="small", xytext=(4, 4), textcoords="offset points")
-    ax.set(xlabel=x, ylabel=f"val accuracy ({y} over seeds)", xscale="log")
+    metric = summary.attrs.get("metric", "accuracy")  # the figure the summary was made for
+    ax.set(xlabel=x, ylabel=f"{metric} ({y} over seeds)", xscale="log")
     return figure
 
 

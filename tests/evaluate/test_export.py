@@ -197,3 +197,43 @@ def test_cli_predict_photos_with_a_run_folder(trained_run, tmp_path, capsys):
     frame = carlib.predict_photos(run_dir / "best.keras", [folder])
     written = np.genfromtxt(out, delimiter=",", names=True, dtype=None, encoding="utf-8")
     assert written["class_index"].tolist() == frame["class_index"].tolist()
+
+
+# ------------------------------------------------------------------ a fine-tuned pretrained EfficientNet-Lite0
+@pytest.fixture(scope="module")
+def finetuned_lite0(tiny_data_dir, tmp_path_factory):
+    """EfficientNet-Lite0 from its ImageNet weights, two-stage fine-tuned for a few steps on the tiny dataset."""
+    base = tmp_path_factory.getbasetemp()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CARLIB_CACHE", str(base / "carlib-cache"))
+        record = carlib.run_experiment(data_dir=str(tiny_data_dir), backbone="efficientnet_lite0", image_size=32,
+                                       test_image_size=40, batch_size=16, epochs=2, finetune="two_stage",
+                                       head_epochs=1, unfreeze_blocks=3, val_split=0.25, tta_passes=2,
+                                       results_dir=str(base / "lite0-results"))
+    assert record["status"] == "ok" and record["config"]["weights"] == "imagenet"
+    assert record["metrics"]["test_accuracy_fixres"] is not None and record["metrics"]["test_image_size"] == 40
+    return record
+
+
+def test_a_finetuned_lite0_exports_to_saved_model_and_tflite_that_agree(finetuned_lite0, tiny_images, tmp_path):
+    best = Path(finetuned_lite0["run_dir"]) / "best.keras"
+    expected = carlib.load_model(best).predict(tiny_images, verbose=0)
+    assert len(set(expected.argmax(axis=1))) > 1  # the photos get different answers: a comparison that can fail
+    saved = export_model(best, "saved_model", tmp_path / "saved")
+    tflite = export_model(best, "tflite", tmp_path / "tflite")
+    for outputs in (_saved_model_outputs(saved.path, tiny_images)["probabilities"],
+                    _tflite_outputs(tflite.path, tiny_images)["probabilities"]):
+        np.testing.assert_array_equal(outputs.argmax(axis=1), expected.argmax(axis=1))  # top-1 identical
+        np.testing.assert_allclose(outputs, expected, atol=TFLITE_ATOL, rtol=0)  # within 1e-4
+
+
+def test_cli_predicts_photos_with_tta_at_the_fixres_size(finetuned_lite0, tmp_path, capsys):
+    run_dir = Path(finetuned_lite0["run_dir"])
+    folder = Path(finetuned_lite0["data"]["train_dir"]) / "2"
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run_dir), str(folder), "--tta", "2", "--image-size", "40", "--out", str(out)]) == 0
+    import pandas as pd
+
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert len(frame) == len(list(folder.glob("*.jpg"))) and (frame["error"] == "").all()
+    assert set(frame["class_name"].astype(str)) <= set(finetuned_lite0["data"]["class_names"])
