@@ -276,19 +276,38 @@ def _cmd_bench_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_bench_verdicts(args: argparse.Namespace) -> int:
     """``carlib bench verdicts``: false-verdict rate and power of the verdict code on simulated studies."""
-    from carlib.bench.verdicts import format_cells, simulate_verdicts  # deferred: scipy
+    from carlib.bench import verdicts  # deferred: scipy
 
     common = {"date": datetime.date.today().isoformat()}
 
-    def show(cell) -> None:
+    def show(cell, figure: str = "verdicts") -> None:
         if args.json:
-            print(json.dumps({"figure": "verdicts", **cell.as_dict(), **common}), flush=True)
+            print(json.dumps({"figure": figure, **cell.as_dict(), **common}), flush=True)
 
-    cells = simulate_verdicts(args.k, args.n, args.rho, simulations=args.simulations, seed=args.seed, on_cell=show)
+    simulations = args.simulations if args.simulations is not None else (10000 if args.sequential else 2000)
+    if args.sequential:
+        if args.n is not None:
+            raise ConfigError("--n is the fixed number of seeds; with --sequential a study reads after every seed up "
+                              "to --max-seeds.")
+        cells = verdicts.simulate_sequential(args.k or verdicts.SEQUENTIAL_KS, args.rho or verdicts.SEQUENTIAL_RHOS,
+                                             args.noise, simulations=simulations,
+                                             max_seeds=args.max_seeds, seed=args.seed, on_cell=show)
+        spent = verdicts.simulate_seeds_spent(simulations=simulations, max_seeds=args.max_seeds,
+                                              seed=args.seed)
+        for row in spent:
+            show(row, "seeds_spent")
+        if not args.json:
+            print(f"carlib bench verdicts --sequential — {simulations} simulated studies per cell and "
+                  f"scenario, read after every seed up to {args.max_seeds} (a run's score has unit standard deviation; "
+                  "heavy: 10 % of runs collapse by 10 sd)")
+            print(verdicts.format_sequential(cells, spent))
+        return 0
+    cells = verdicts.simulate_verdicts(args.k or verdicts.KS, args.n or verdicts.NS, args.rho or verdicts.RHOS,
+                                       simulations=simulations, seed=args.seed, on_cell=show)
     if not args.json:
-        print(f"carlib bench verdicts — {args.simulations} simulated studies per cell and scenario; a run's score has "
-              "unit standard deviation, a share rho of it shared by the runs of one seed")
-        print(format_cells(cells))
+        print(f"carlib bench verdicts — {simulations} simulated studies per cell and scenario; a run's "
+              "score has unit standard deviation, a share rho of it shared by the runs of one seed")
+        print(verdicts.format_cells(cells))
     return 0
 
 
@@ -478,15 +497,27 @@ def _bench_sweep_parser() -> argparse.ArgumentParser:
 
 
 def _bench_verdicts_parser() -> argparse.ArgumentParser:
-    from carlib.bench.verdicts import KS, NS, RHOS  # deferred: scipy
+    from carlib.bench.verdicts import KS, NOISES, NS, RHOS, SEQUENTIAL_KS, SEQUENTIAL_RHOS  # deferred: scipy
 
     parser = argparse.ArgumentParser(prog="carlib bench verdicts", description="The verdict code on simulated "
                                      "studies: false verdicts under A/A and power at a +1 sd effect.",
                                      formatter_class=_HelpFormatter)
-    parser.add_argument("--simulations", type=int, default=2000, help="studies per cell and scenario (default: 2000)")
-    parser.add_argument("--k", type=int, nargs="+", default=list(KS), help="configurations per study")
-    parser.add_argument("--n", type=int, nargs="+", default=list(NS), help="seeds per configuration")
-    parser.add_argument("--rho", type=float, nargs="+", default=list(RHOS), help="same-seed correlation")
+    parser.add_argument("--sequential", action="store_true",
+                        help="studies read after every seed and stopped at the first decision (--until-decisive), "
+                             "with heavy-tailed noise and the seeds they spend")
+    parser.add_argument("--simulations", type=int, default=None,
+                        help="studies per cell and scenario (default: 2000; 10000 with --sequential)")
+    parser.add_argument("--k", type=int, nargs="+", default=None,
+                        help=f"configurations per study (default: {' '.join(map(str, KS))}; with --sequential "
+                             f"{' '.join(map(str, SEQUENTIAL_KS))})")
+    parser.add_argument("--n", type=int, nargs="+", default=None,
+                        help=f"seeds per configuration (default: {' '.join(map(str, NS))}; not with --sequential)")
+    parser.add_argument("--rho", type=float, nargs="+", default=None,
+                        help=f"same-seed correlation (default: {' '.join(map(str, RHOS))}; with --sequential "
+                             f"{' '.join(map(str, SEQUENTIAL_RHOS))})")
+    parser.add_argument("--noise", nargs="+", choices=NOISES, default=list(NOISES),
+                        help="with --sequential: normal runs, or heavy tails (10 %% of runs collapse)")
+    parser.add_argument("--max-seeds", type=int, default=20, help="with --sequential: the most seeds a study reads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per cell")
     return parser

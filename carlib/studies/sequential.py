@@ -156,19 +156,29 @@ class SequentialDesign:
 
     def with_alpha(self, alpha: float) -> "SequentialDesign":
         """The same design at another error level (Holm's steps use alpha / m)."""
-        return dataclasses.replace(self, alpha=alpha)
+        return self if alpha == self.alpha else _design(alpha, self.horizon, self.shape, self.tail_share)
 
-    @functools.cached_property
+    @property
     def _critical(self) -> np.ndarray:
-        looks = np.arange(2, self.horizon + 1)
-        c = boundary_constant(round(self.alpha_within, 12), tuple(int(n) for n in looks), self.shape)
-        return _critical_values(c, looks, self.shape, "t")
+        return _critical_table(round(self.alpha_within, 12), self.horizon, self.shape)
 
     def critical_t(self, n: int) -> float:
         """The |t| the pooled two-sample statistic must reach after ``n`` seeds (2 <= n <= horizon)."""
         if not 2 <= n <= self.horizon:
             raise ConfigError(f"n={n}: the group-sequential boundary covers 2 to {self.horizon} seeds.")
         return float(self._critical[n - 2])
+
+
+@functools.lru_cache(maxsize=256)
+def _design(alpha: float, horizon: int, shape: float, tail_share: float) -> SequentialDesign:
+    return SequentialDesign(alpha, horizon, shape, tail_share)
+
+
+@functools.lru_cache(maxsize=256)
+def _critical_table(alpha_within: float, horizon: int, shape: float) -> np.ndarray:
+    """The critical |t| after 2, 3, …, ``horizon`` seeds (cached: a simulation reads it thousands of times)."""
+    looks = np.arange(2, horizon + 1)
+    return _critical_values(boundary_constant(alpha_within, tuple(int(n) for n in looks), shape), looks, shape, "t")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,26 +227,37 @@ def _mixture_interval(differences: np.ndarray, horizon: int, alpha: float) -> tu
     return (min(bounds), max(bounds))
 
 
+def _summary(x: Sequence[float], y: Sequence[float]) -> tuple[int, float, float]:
+    """(n, mean(x) − mean(y), the pooled two-sample standard error); pure Python: a simulation calls it a million times."""
+    n = len(x)
+    if n < 2:
+        return n, (x[0] - y[0]) if n else math.nan, math.inf
+    mean_x, mean_y = sum(x) / n, sum(y) / n
+    squares = sum((v - mean_x) ** 2 for v in x) + sum((v - mean_y) ** 2 for v in y)
+    return n, mean_x - mean_y, math.sqrt(squares / (n - 1) / n)
+
+
+def _group_sequential(n: int, difference: float, standard_error: float, design: SequentialDesign) -> AnytimeInterval:
+    half = design.critical_t(n) * standard_error
+    return AnytimeInterval(difference - half, difference + half, n, 1 - design.alpha, "group-sequential t")
+
+
 def anytime_interval(best: Sequence[float], other: Sequence[float], design: SequentialDesign) -> AnytimeInterval:
     """The anytime-valid interval for mean(best) − mean(other), the two runs of each seed given in the same order.
 
     Up to ``design.horizon`` seeds: the group-sequential repeated confidence interval; beyond it: the
     normal-mixture confidence sequence of the paired differences.
     """
-    x, y = np.asarray(best, dtype=float), np.asarray(other, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ConfigError(f"best and other need the same seeds: got {x.shape} and {y.shape} values.")
+    x, y = [float(v) for v in best], [float(v) for v in other]
+    if len(x) != len(y):
+        raise ConfigError(f"best and other need the same seeds: got {len(x)} and {len(y)} values.")
     n = len(x)
-    level = 1 - design.alpha
     if n < 2:
-        return AnytimeInterval(-math.inf, math.inf, n, level, "none")
-    difference = float(x.mean() - y.mean())
+        return AnytimeInterval(-math.inf, math.inf, n, 1 - design.alpha, "none")
     if n <= design.horizon:
-        standard_error = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / n)
-        half = design.critical_t(n) * standard_error
-        return AnytimeInterval(difference - half, difference + half, n, level, "group-sequential t")
-    low, high = _mixture_interval(x - y, design.horizon, design.alpha_beyond)
-    return AnytimeInterval(low, high, n, level, "normal-mixture CS")
+        return _group_sequential(*_summary(x, y), design)
+    low, high = _mixture_interval(np.subtract(x, y), design.horizon, design.alpha_beyond)
+    return AnytimeInterval(low, high, n, 1 - design.alpha, "normal-mixture CS")
 
 
 def stopping_seeds(effect_sd: float, design: SequentialDesign, *, paths: int = 4000, seed: int = 0) -> tuple[float, float]:
@@ -277,9 +298,9 @@ class LeaderComparison:
         return bool(self.intervals) and margin > 0 and all(i.inside(margin) for i in self.intervals.values())
 
 
-def _shared(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
-    seeds = sorted(set(a) & set(b), key=str)
-    return np.array([a[s] for s in seeds], dtype=float), np.array([b[s] for s in seeds], dtype=float)
+def _shared(a: dict, b: dict) -> tuple[list[float], list[float]]:
+    seeds = [s for s in a if s in b]  # both runs of a seed side by side (the order of seeds does not matter)
+    return [a[s] for s in seeds], [b[s] for s in seeds]
 
 
 def compare_with_leader(values: dict, ranked: Sequence[str], design: SequentialDesign) -> LeaderComparison:
@@ -292,18 +313,21 @@ def compare_with_leader(values: dict, ranked: Sequence[str], design: SequentialD
     leader, others = ranked[0], list(ranked[1:])
     pairs = {label: _shared(values[leader], values[label]) for label in others}
 
+    summaries = {label: _summary(*pairs[label]) for label in others}
+
     def strength(label: str) -> float:
-        x, y = pairs[label]
-        if len(x) < 2:
+        n, difference, standard_error = summaries[label]
+        if n < 2:
             return 0.0
-        spread = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / len(x))
-        return (x.mean() - y.mean()) / spread if spread > 0 else math.copysign(math.inf, x.mean() - y.mean())
+        return difference / standard_error if standard_error > 0 else math.copysign(math.inf, difference)
 
     order = sorted(others, key=lambda label: -strength(label))
     intervals, beaten, stopped = {}, [], False
     for step, label in enumerate(order):
         level = design.with_alpha(design.alpha / (len(order) - (len(beaten) if stopped else step)))
-        intervals[label] = anytime_interval(*pairs[label], level)
+        n = summaries[label][0]
+        intervals[label] = _group_sequential(*summaries[label], level) if 2 <= n <= design.horizon else \
+            anytime_interval(*pairs[label], level)
         if not stopped and intervals[label].low > 0:
             beaten.append(label)
         else:

@@ -43,7 +43,7 @@ from carlib.studies.sequential import (HORIZON, AnytimeInterval, LeaderCompariso
                                        compare_with_leader, stopping_seeds)
 
 __all__ = ["summarize", "compare_top_two", "decide", "deduplicate", "seeds_needed", "spread_upper_bound", "Verdict",
-           "Comparison", "SUMMARY_COLUMNS", "ALPHA", "MIN_EFFECT", "POWER", "PLAN_CONFIDENCE"]
+           "Comparison", "rank_by_mean", "SUMMARY_COLUMNS", "ALPHA", "MIN_EFFECT", "POWER", "PLAN_CONFIDENCE"]
 
 SUMMARY_COLUMNS = ["n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "min", "max"]
 ALPHA = 0.05  # a verdict is decisive when p < ALPHA
@@ -269,9 +269,9 @@ def _differing(best: str, runner: str, parameters: Mapping[str, Mapping[str, Any
 
 # The steps of a verdict: rank, compare the best with the runner-up (fixed-n), read the anytime-valid
 # interval, decide on the basis that applies, then write the message sentence by sentence.
-def _rank(values: Mapping[str, Mapping[Any, float]]) -> list[str]:
+def rank_by_mean(values: Mapping[str, Mapping[Any, float]]) -> list[str]:
     """The labels by mean, best first; ties by label, so the ranking is deterministic."""
-    means = {label: float(np.mean(list(v.values()))) for label, v in values.items() if len(v)}
+    means = {label: sum(v.values()) / len(v) for label, v in values.items() if len(v)}
     return sorted(means, key=lambda label: (-means[label], label))
 
 
@@ -376,6 +376,8 @@ def _fixed_sentence(c: Comparison, best: str, runner: str, level: float, sizes: 
 
 
 def _interval_text(interval: AnytimeInterval) -> str:
+    if interval.method == "none":
+        return f"anytime-valid interval: none yet (it needs 2 or more seeds both ran; they share {interval.n})"
     return (f"anytime-valid {_percent(interval.level)} interval {_fmt(interval.low)} to {_fmt(interval.high)} after "
             f"{interval.n} seeds ({interval.method}, valid however often it is read)")
 
@@ -433,7 +435,7 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
     configuration's scientific parameters) lets the message name the two by what differs.
     """
     failed = {label: int(n) for label, n in (failed or {}).items() if n}
-    ranked = _rank(values)
+    ranked = rank_by_mean(values)
     k = len(ranked)
     named_failures = f" ({'; '.join(f'{label} failed {n} run(s)' for label, n in sorted(failed.items()))})" \
         if failed else ""
