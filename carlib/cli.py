@@ -91,6 +91,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep_file)
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
+    if args.until_decisive:
+        return _cmd_sweep_until_decisive(args, spec, gpus)
+    if args.max_seeds is not None or args.min_effect is not None:
+        raise ConfigError("--max-seeds and --min-effect belong to --until-decisive (a sweep without it runs the seeds "
+                          "its file plans).")
     report = run_sweep(spec, results_dir=args.results_dir, workers=args.workers, gpus=gpus, shard=args.shard,
                        kernel=args.kernel, progress=not args.no_progress, engine=args.engine, address=args.address,
                        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, retries=args.retries,
@@ -111,6 +116,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(study_summary(spec.study, args.results_dir).to_string(float_format=lambda v: f"{v:.4g}"))
         print("verdict: " + study_verdict(spec.study, args.results_dir).message)
+    return 1 if report.failed else 0
+
+
+def _cmd_sweep_until_decisive(args: argparse.Namespace, spec, gpus) -> int:
+    """``carlib sweep FILE --until-decisive``: rounds of seeds until the anytime-valid verdict is clear."""
+    from carlib.studies.rounds import run_until_decisive  # deferred: papermill
+    from carlib.studies.stats import MIN_EFFECT  # deferred: scipy
+
+    if args.shard or args.dry_run:
+        raise ConfigError("--until-decisive decides after every round on every configuration: it cannot be sharded "
+                          "or dry-run; leave out --shard and --dry-run.")
+    result = run_until_decisive(spec, max_seeds=20 if args.max_seeds is None else args.max_seeds,
+                                min_effect=MIN_EFFECT if args.min_effect is None else args.min_effect,
+                                results_dir=args.results_dir, engine=args.engine, progress=not args.no_progress,
+                                kernel=args.kernel, workers=args.workers, gpus=gpus, address=args.address,
+                                gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                                retries=args.retries)
+    report = result.sweep
+    print(f"sweep {spec.study} --until-decisive: {len(report.ok)} trial(s) ran, {len(report.failed)} failed, "
+          f"{len(report.skipped)} already finished (skipped). {result.sentence()}")
+    if result.verdict is not None:
+        print(f"verdict: {result.verdict.message}")
     return 1 if report.failed else 0
 
 
@@ -562,7 +589,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a study grid x seeds through papermill (resumable)")
     sweep.add_argument("sweep_file", help="YAML: notebook, study, base, grid, seeds (params/<study>/sweep-*.yaml)")
     sweep.add_argument("--results-dir", default=None, help=_RESULTS_DIR_HELP)
-    sweep.add_argument("--engine", choices=("local", "ray"), default="local",
+    sweep.add_argument("--engine", default="local",
                        help="local: processes of this machine (default); ray: one Ray task per trial, on a private "
                             "Ray instance or the cluster at --address (pip install \"carlib[ray]\")")
     sweep.add_argument("--address", default=None,
@@ -587,6 +614,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true",
                        help="list this shard's trials (finished ones marked) and exit; runs nothing")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--until-decisive", action="store_true",
+                       help="run seeds in rounds, reading an anytime-valid verdict after each, until the best beats "
+                            "each of the others, no difference is larger than --min-effect, or --max-seeds; "
+                            "configurations decisively beaten leave early (the file's seeds are ignored)")
+    sweep.add_argument("--max-seeds", type=int, default=None,
+                       help="--until-decisive: the most seeds per configuration (default: 20)")
+    sweep.add_argument("--min-effect", type=float, default=None,
+                       help="--until-decisive: the smallest difference that matters; a study stops as equivalent "
+                            "when every difference lies inside ±min-effect (default: 0.01, a point of accuracy)")
 
     predict = sub.add_parser("predict", help="predict photos (PATH…: one row per image), or write a validated "
                                              "submission CSV for a competition folder's test images")

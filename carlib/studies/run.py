@@ -3,16 +3,18 @@ and the verdict on the top two configurations."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pandas as pd
 
-from carlib.config import PARAMETER_NAMES, ExperimentConfig, check_known
+from carlib.config import PARAMETER_NAMES, ExperimentConfig, check_known, default_results_dir
 from carlib.data.folders import list_class_images, prepare_data, sample_images
 from carlib.errors import ConfigError
 from carlib.records.store import load_results
 from carlib.studies.specs import get_study
 from carlib.studies.stats import MIN_EFFECT, Verdict, compare_top_two, summarize
+from carlib.studies.study_log import design_of, stop_sentence, study_logs
 
 __all__ = ["run_study", "study_config", "study_summary", "study_verdict", "augmentation_samples"]
 
@@ -55,11 +57,19 @@ def study_summary(study: str, results_dir: str | None = None) -> pd.DataFrame:
 
 
 def study_verdict(study: str, results_dir: str | None = None, *, min_effect: float = MIN_EFFECT) -> Verdict:
-    """Is the study's best configuration better than the runner-up? A paired verdict on the study's primary metric
-    (:func:`carlib.studies.stats.compare_top_two`), with a seed plan sized for ``min_effect``."""
+    """Is the study's best configuration better than the others? A verdict on the study's primary metric
+    (:func:`carlib.studies.stats.compare_top_two`), with a seed plan sized for ``min_effect``.
+
+    A study run ``--until-decisive`` (a log in ``<results_dir>/sequential/``) is decided on its
+    anytime-valid intervals, and the message ends with why it stopped (:mod:`carlib.studies.study_log`).
+    """
     spec = get_study(study)
-    return compare_top_two(load_results(results_dir, study=study), spec.scientific, spec.metric,
-                           min_effect=min_effect)
+    logs = study_logs(results_dir if results_dir is not None else default_results_dir(), study)
+    verdict = compare_top_two(load_results(results_dir, study=study), spec.scientific, spec.metric,
+                              min_effect=min_effect, design=design_of(logs[-1]) if logs else None)
+    if not logs:
+        return verdict
+    return dataclasses.replace(verdict, message=verdict.message + " " + stop_sentence(logs[-1]))
 
 
 def augmentation_samples(augmentation: str, *, data_dir: str | None = None, image_size: int = 64,

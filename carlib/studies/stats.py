@@ -43,7 +43,7 @@ from carlib.studies.sequential import (HORIZON, AnytimeInterval, LeaderCompariso
                                        compare_with_leader, stopping_seeds)
 
 __all__ = ["summarize", "compare_top_two", "decide", "deduplicate", "seeds_needed", "spread_upper_bound", "Verdict",
-           "Comparison", "rank_by_mean", "SUMMARY_COLUMNS", "ALPHA", "MIN_EFFECT", "POWER", "PLAN_CONFIDENCE"]
+           "Comparison", "rank_by_mean", "config_label", "SUMMARY_COLUMNS", "ALPHA", "MIN_EFFECT", "POWER", "PLAN_CONFIDENCE"]
 
 SUMMARY_COLUMNS = ["n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "min", "max"]
 ALPHA = 0.05  # a verdict is decisive when p < ALPHA
@@ -57,7 +57,8 @@ _NOT_TRIAL = {"results_dir", "trial_id"}
 
 
 # --------------------------------------------------------------------------- the table
-def _label(by: Sequence[str], key) -> str:
+def config_label(by: Sequence[str], key) -> str:
+    """A configuration's name in summaries and verdicts: ``lr=0.001, schedule=cosine`` for ``by`` and its values."""
     key = key if isinstance(key, tuple) else (key,)
     return ", ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
                      for name, value in zip(by, key))
@@ -132,7 +133,7 @@ def summarize(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_accura
                "min": values.min() if len(values) else math.nan, "max": values.max() if len(values) else math.nan}
         row.update({f"{c}_mean": pd.to_numeric(ok[c], errors="coerce").mean() for c in extra})
         key = key if isinstance(key, tuple) else (key,)
-        rows[key], labels[key] = row, _label(by, key)
+        rows[key], labels[key] = row, config_label(by, key)
     if not rows:
         return pd.DataFrame(columns=columns)
     summary = pd.DataFrame.from_dict(rows, orient="index")
@@ -264,7 +265,7 @@ def _differing(best: str, runner: str, parameters: Mapping[str, Mapping[str, Any
         return best, runner
     a, b = parameters[best], parameters[runner]
     keys = [k for k in a if str(a.get(k)) != str(b.get(k))] or list(a)
-    return _label(keys, tuple(a[k] for k in keys)), _label(keys, tuple(b[k] for k in keys))
+    return config_label(keys, tuple(a[k] for k in keys)), config_label(keys, tuple(b[k] for k in keys))
 
 
 # The steps of a verdict: rank, compare the best with the runner-up (fixed-n), read the anytime-valid
@@ -530,7 +531,7 @@ def compare_top_two(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_
     failed: dict[str, int] = {}
     parameters: dict[str, dict[str, Any]] = {}
     for index, (key, group) in enumerate(_groups(frame, by)):
-        label = _label(by, key)
+        label = config_label(by, key)
         parameters[label] = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         ok = group[finished.loc[group.index]]
         seeds = ok["seed"] if "seed" in ok else pd.Series(range(len(ok)), index=ok.index) + index * 10**6
