@@ -45,7 +45,8 @@ from scipy import optimize, stats
 
 from carlib.errors import ConfigError
 
-__all__ = ["SequentialDesign", "AnytimeInterval", "anytime_interval", "boundary_constant", "mixture_bound",
+__all__ = ["SequentialDesign", "AnytimeInterval", "LeaderComparison", "anytime_interval", "interval_path",
+           "compare_with_leader", "stopping_seeds", "boundary_constant", "mixture_bound",
            "HORIZON", "SHAPE", "TAIL_SHARE"]
 
 HORIZON = 20  # seeds a study may add before the group-sequential part runs out (--max-seeds)
@@ -238,6 +239,8 @@ def _summary(x: Sequence[float], y: Sequence[float]) -> tuple[int, float, float]
 
 
 def _group_sequential(n: int, difference: float, standard_error: float, design: SequentialDesign) -> AnytimeInterval:
+    if not standard_error > 0:  # no configuration varies across seeds: the noise cannot be estimated yet
+        return AnytimeInterval(-math.inf, math.inf, n, 1 - design.alpha, "none")
     half = design.critical_t(n) * standard_error
     return AnytimeInterval(difference - half, difference + half, n, 1 - design.alpha, "group-sequential t")
 
@@ -333,3 +336,11 @@ def compare_with_leader(values: dict, ranked: Sequence[str], design: SequentialD
         else:
             stopped = True
     return LeaderComparison(leader, intervals, tuple(beaten))
+
+
+def interval_path(best: dict, other: dict, design: SequentialDesign) -> list[AnytimeInterval]:
+    """The anytime-valid interval of best − other after 2, 3, … of the seeds both ran, in seed order (the report's
+    plot: how the interval narrowed seed by seed)."""
+    seeds = sorted(set(best) & set(other), key=lambda s: (str(type(s)), s))
+    x, y = [best[s] for s in seeds], [other[s] for s in seeds]
+    return [anytime_interval(x[:n], y[:n], design) for n in range(2, len(seeds) + 1)]

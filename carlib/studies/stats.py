@@ -43,7 +43,7 @@ from carlib.studies.sequential import (HORIZON, AnytimeInterval, LeaderCompariso
                                        compare_with_leader, stopping_seeds)
 
 __all__ = ["summarize", "compare_top_two", "decide", "deduplicate", "seeds_needed", "spread_upper_bound", "Verdict",
-           "Comparison", "rank_by_mean", "config_label", "SUMMARY_COLUMNS", "ALPHA", "MIN_EFFECT", "POWER", "PLAN_CONFIDENCE"]
+           "Comparison", "rank_by_mean", "config_label", "configuration_values", "SUMMARY_COLUMNS", "ALPHA", "MIN_EFFECT", "POWER", "PLAN_CONFIDENCE"]
 
 SUMMARY_COLUMNS = ["n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "min", "max"]
 ALPHA = 0.05  # a verdict is decisive when p < ALPHA
@@ -523,13 +523,26 @@ def compare_top_two(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_
     ``metric``); repeated trials count once (:func:`deduplicate`). ``design``: the study runs until
     decisive; ``planned_seeds``: the seeds its sweep file planned (more than that: read again).
     """
+    values, failed, parameters = configuration_values(frame, by, metric)
+    return decide({label: v for label, v in values.items() if v}, failed=failed, metric=metric, alpha=alpha,
+                  min_effect=min_effect, parameters=parameters, n_images=_images_counted(frame, metric),
+                  design=design, planned_seeds=planned_seeds)
+
+
+def configuration_values(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_accuracy_best") \
+        -> tuple[dict[str, dict[Any, float]], dict[str, int], dict[str, dict[str, Any]]]:
+    """Per configuration label: ``{seed: metric}`` of its finished runs, its failed runs, and its ``by`` values.
+
+    Repeated trials count once (:func:`deduplicate`); what :func:`decide` and the report's interval
+    plot read.
+    """
     frame = deduplicate(frame, by)
-    if frame.empty or any(name not in frame for name in by):
-        return decide({}, metric=metric, alpha=alpha, min_effect=min_effect)
-    finished = _finished(frame, metric)
     values: dict[str, dict[Any, float]] = {}
     failed: dict[str, int] = {}
     parameters: dict[str, dict[str, Any]] = {}
+    if frame.empty or any(name not in frame for name in by):
+        return values, failed, parameters
+    finished = _finished(frame, metric)
     for index, (key, group) in enumerate(_groups(frame, by)):
         label = config_label(by, key)
         parameters[label] = dict(zip(by, key if isinstance(key, tuple) else (key,)))
@@ -537,6 +550,4 @@ def compare_top_two(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_
         seeds = ok["seed"] if "seed" in ok else pd.Series(range(len(ok)), index=ok.index) + index * 10**6
         values[label] = dict(zip(seeds.tolist(), pd.to_numeric(ok[metric]).astype(float).tolist()))
         failed[label] = int((group["status"] != "ok").sum())
-    return decide({label: v for label, v in values.items() if v}, failed=failed, metric=metric, alpha=alpha,
-                  min_effect=min_effect, parameters=parameters, n_images=_images_counted(frame, metric),
-                  design=design, planned_seeds=planned_seeds)
+    return values, failed, parameters
