@@ -497,7 +497,8 @@ def _bench_recipe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="dataset: competition layout or class folders "
                         "(default: the embedded dataset)")
     parser.add_argument("--seeds", type=int, default=1, help="runs of each arm (seed, seed+1, ...); 2+ for a verdict")
-    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="first seed (default: the first after the seeds that chose the recipe, never those)")
     parser.add_argument("--params", default=None,
                         help="YAML preset of the recipe arm (default: params/cpu_recipe/recipe.yaml)")
     parser.add_argument("--baseline-epochs", type=int, default=50, help="epochs of the plain Keras CNN")

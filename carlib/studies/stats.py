@@ -43,7 +43,7 @@ from carlib.studies.sequential import (HORIZON, AnytimeInterval, LeaderCompariso
                                        compare_with_leader, stopping_seeds)
 
 __all__ = ["summarize", "compare_top_two", "decide", "deduplicate", "seeds_needed", "spread_upper_bound", "Verdict",
-           "Comparison", "rank_by_mean", "config_label", "configuration_values", "SUMMARY_COLUMNS", "ALPHA", "MIN_EFFECT", "POWER", "PLAN_CONFIDENCE"]
+           "Comparison", "rank_by_mean", "config_label", "configuration_values", "selection_metric", "SUMMARY_COLUMNS", "ALPHA", "MIN_EFFECT", "POWER", "PLAN_CONFIDENCE"]
 
 SUMMARY_COLUMNS = ["n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "min", "max"]
 ALPHA = 0.05  # a verdict is decisive when p < ALPHA
@@ -424,7 +424,8 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
            metric: str = "test_accuracy_best", alpha: float = ALPHA, min_effect: float = MIN_EFFECT,
            plan: bool = True, parameters: Mapping[str, Mapping[str, Any]] | None = None,
            n_images: int | None = None, design: SequentialDesign | None = None,
-           planned_seeds: int | None = None) -> Verdict:
+           planned_seeds: int | None = None, selection: Mapping[str, Mapping[Any, float]] | None = None,
+           selection_metric: str | None = None) -> Verdict:
     """The verdict on numbers: ``values[label][seed]`` is a finished run's metric; ``failed[label]`` counts failures.
 
     Ranks the configurations by mean (ties by label), compares the best with the runner-up by the
@@ -434,9 +435,13 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
     ``n_images``: the images an accuracy is counted on (constant differences are detected on counts).
     ``plan=False`` skips the seed plan (faster, for simulations). ``parameters[label]`` (each
     configuration's scientific parameters) lets the message name the two by what differs.
+    ``selection[label][seed]``: the figure the best is *chosen* on (``selection_metric``, e.g. the
+    validation accuracy), so the reported ``values`` (test images) played no part in picking it;
+    without it the best is chosen on ``values`` themselves and the winner's curse is quantified.
     """
     failed = {label: int(n) for label, n in (failed or {}).items() if n}
-    ranked = rank_by_mean(values)
+    chosen_apart = bool(selection) and all(selection.get(label) for label in values)
+    ranked = rank_by_mean({label: selection[label] for label in values} if chosen_apart else values)
     k = len(ranked)
     named_failures = f" ({'; '.join(f'{label} failed {n} run(s)' for label, n in sorted(failed.items()))})" \
         if failed else ""
@@ -491,8 +496,11 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
             mean_seeds = stopping_seeds(min_effect / run_spread, SequentialDesign(alpha=alpha))[0]
     if needed is not None or (plan and not decisive and comparison.test != "sign test"):
         message += " Seed plan: " + _plan_sentence(needed, min_effect, min(len(a), len(b)), alpha, mean_seeds) + "."
-    shrunken = _shrunken_lead(values, ranked) if k >= 3 else None
-    if k >= 3:
+    shrunken = _shrunken_lead(values, ranked) if k >= 3 and not chosen_apart else None
+    if chosen_apart:
+        message += (f" Chosen on {selection_metric or 'the selection figure'}, reported on {metric}: the images "
+                    "reported on played no part in picking the best, so its lead is not inflated by the choice.")
+    elif k >= 3:
         message += _curse_sentence(k, best, runner, comparison.difference, shrunken)
     others = {label: n for label, n in failed.items() if label != best_label or not unstable}
     if others:
@@ -524,9 +532,24 @@ def compare_top_two(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_
     decisive; ``planned_seeds``: the seeds its sweep file planned (more than that: read again).
     """
     values, failed, parameters = configuration_values(frame, by, metric)
+    select_on = selection_metric(frame, metric)
+    selection = configuration_values(frame, by, select_on)[0] if select_on else None
     return decide({label: v for label, v in values.items() if v}, failed=failed, metric=metric, alpha=alpha,
                   min_effect=min_effect, parameters=parameters, n_images=_images_counted(frame, metric),
-                  design=design, planned_seeds=planned_seeds)
+                  design=design, planned_seeds=planned_seeds, selection=selection, selection_metric=select_on)
+
+
+def selection_metric(frame: pd.DataFrame, metric: str) -> str | None:
+    """The figure a study's best is chosen on: the validation twin of a test ``metric`` (``test_accuracy_best`` →
+    ``val_accuracy_best``) when every finished run has it, so test images only report; else ``None``."""
+    if not metric.startswith("test_"):
+        return None
+    twin = "val_" + metric[len("test_"):]
+    if twin not in frame:
+        return None
+    finished = _finished(frame, metric)
+    twin_values = pd.to_numeric(frame.loc[finished, twin], errors="coerce")
+    return twin if finished.any() and twin_values.notna().all() else None
 
 
 def configuration_values(frame: pd.DataFrame, by: Sequence[str], metric: str = "test_accuracy_best") \

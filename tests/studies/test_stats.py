@@ -282,3 +282,23 @@ def test_the_interval_level_follows_alpha(alpha):
     assert verdict.interval == pytest.approx((low, high), rel=1e-9) and verdict.level == pytest.approx(1 - alpha)
     assert verdict.decisive == (low > 0)
     assert f"{100 * (1 - alpha):.3g} % CI" in verdict.message
+
+
+def test_the_best_is_chosen_on_validation_and_reported_on_test():
+    """Issue 22, item 4: the test images report the winner's lead; they do not pick the winner."""
+    frame = _frame({0.1: [0.80, 0.70, 0.75], 0.01: [0.78, 0.69, 0.74], 0.001: [0.5, 0.4, 0.45]})
+    frame["val_accuracy_best"] = frame["lr"].map({0.1: 0.60, 0.01: 0.70, 0.001: 0.30})  # validation prefers 0.01
+    verdict = compare_top_two(frame, ["lr"])
+    assert verdict.best == "lr=0.01" and verdict.difference < 0  # its test lead over lr=0.1 is reported as it is
+    assert "Chosen on val_accuracy_best, reported on test_accuracy_best" in verdict.message
+    assert "Winner's curse" not in verdict.message and verdict.shrunken_difference is None
+
+
+def test_chosen_on_the_test_metric_the_winners_curse_is_a_shrunken_number():
+    values = {"A": {0: 0.80, 1: 0.70, 2: 0.75}, "B": {0: 0.78, 1: 0.69, 2: 0.74}, "C": {0: 0.79, 1: 0.70, 2: 0.73}}
+    verdict = decide(values)
+    assert 0 <= verdict.shrunken_difference < verdict.difference
+    assert f"its lead over C is {verdict.shrunken_difference:+.4f}, not {verdict.difference:+.4f}" in verdict.message
+    spread_out = decide({"A": {0: 0.9, 1: 0.91, 2: 0.92}, "B": {0: 0.6, 1: 0.61, 2: 0.62},
+                         "C": {0: 0.3, 1: 0.31, 2: 0.32}})
+    assert spread_out.shrunken_difference == pytest.approx(spread_out.difference, rel=0.01)  # real spread: no shrink
