@@ -31,7 +31,7 @@ from carlib.records.table import COMPACT_COLUMNS
 from carlib.studies.specs import STUDIES
 from carlib.studies.sequential import HORIZON, SequentialDesign, interval_path
 from carlib.studies.stats import Verdict, compare_top_two, configuration_values, summarize
-from carlib.studies.study_log import design_of, stop_sentence, study_logs
+from carlib.studies.study_log import design_of, planned_seeds, stop_sentence, study_logs
 
 __all__ = ["build_report"]
 
@@ -142,7 +142,8 @@ def build_report(results_dir: str | os.PathLike | None = None, out: str | os.Pat
             parts.append(f"<p class='meta'>metric: {spec.metric}</p>" + _table_html(summary))
             logs = study_logs(store.root, study)
             design = design_of(logs[-1]) if logs else None
-            verdict = compare_top_two(study_table, spec.scientific, spec.metric, design=design)
+            verdict = compare_top_two(study_table, spec.scientific, spec.metric, design=design,
+                                      planned_seeds=None if logs else planned_seeds(store.root, study))
             stopped = " " + stop_sentence(logs[-1]) if logs else ""
             parts.append(f'<p class="verdict"><b>Verdict:</b> {html.escape(verdict.message + stopped)}</p>')
             parts.append(_figure_html(plot_summary(summary, metric=spec.metric)))

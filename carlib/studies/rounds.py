@@ -19,8 +19,6 @@ how many seeds, and how many runs the early stops saved.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from typing import Any, Sequence
 
@@ -34,10 +32,10 @@ from carlib.studies.specs import STUDIES
 from carlib.studies.stats import ALPHA, MIN_EFFECT, Verdict, compare_top_two, config_label
 from carlib.studies.study_log import log_path, read_log, stop_sentence, write_log
 from carlib.studies.sweep import EngineOptions, SweepReport, SweepSpec, check_engine, expand_trials, load_sweep, \
-    run_batch
+    run_batch, sweep_key
 from carlib.studies.trials import Trial
 
-__all__ = ["SequentialReport", "run_until_decisive", "sweep_key"]
+__all__ = ["SequentialReport", "run_until_decisive"]
 
 
 @dataclasses.dataclass
@@ -56,12 +54,6 @@ class SequentialReport:
     def sentence(self) -> str:
         """Why it stopped, after how many seeds, and how many runs the early stops saved."""
         return stop_sentence(self.log)
-
-
-def sweep_key(spec: SweepSpec) -> str:
-    """A short hash of what makes the study: its grid and fixed parameters (not the seeds: rounds add those)."""
-    canonical = json.dumps({"base": spec.base, "grid": spec.grid}, sort_keys=True, default=str)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
 def _metric(study: str) -> str:

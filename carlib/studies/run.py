@@ -14,7 +14,7 @@ from carlib.errors import ConfigError
 from carlib.records.store import load_results
 from carlib.studies.specs import get_study
 from carlib.studies.stats import MIN_EFFECT, Verdict, compare_top_two, summarize
-from carlib.studies.study_log import design_of, stop_sentence, study_logs
+from carlib.studies.study_log import design_of, planned_seeds, stop_sentence, study_logs
 
 __all__ = ["run_study", "study_config", "study_summary", "study_verdict", "augmentation_samples"]
 
@@ -61,12 +61,15 @@ def study_verdict(study: str, results_dir: str | None = None, *, min_effect: flo
     (:func:`carlib.studies.stats.compare_top_two`), with a seed plan sized for ``min_effect``.
 
     A study run ``--until-decisive`` (a log in ``<results_dir>/sequential/``) is decided on its
-    anytime-valid intervals, and the message ends with why it stopped (:mod:`carlib.studies.study_log`).
+    anytime-valid intervals, and the message ends with why it stopped; a fixed-n study holding more seeds
+    than its sweep planned is marked as read again (:mod:`carlib.studies.study_log`).
     """
     spec = get_study(study)
-    logs = study_logs(results_dir if results_dir is not None else default_results_dir(), study)
+    store = results_dir if results_dir is not None else default_results_dir()
+    logs = study_logs(store, study)
     verdict = compare_top_two(load_results(results_dir, study=study), spec.scientific, spec.metric,
-                              min_effect=min_effect, design=design_of(logs[-1]) if logs else None)
+                              min_effect=min_effect, design=design_of(logs[-1]) if logs else None,
+                              planned_seeds=None if logs else planned_seeds(store, study))
     if not logs:
         return verdict
     return dataclasses.replace(verdict, message=verdict.message + " " + stop_sentence(logs[-1]))

@@ -19,9 +19,11 @@ from carlib.base.files import atomic_write_text
 from carlib.errors import ConfigError
 from carlib.studies.sequential import SequentialDesign
 
-__all__ = ["LOG_FOLDER", "log_path", "read_log", "write_log", "study_logs", "design_of", "stop_sentence"]
+__all__ = ["LOG_FOLDER", "PLAN_FOLDER", "log_path", "read_log", "write_log", "study_logs", "design_of",
+           "stop_sentence", "write_plan", "planned_seeds"]
 
 LOG_FOLDER = "sequential"
+PLAN_FOLDER = "plans"  # the seeds each fixed-n sweep of a study planned: more than that in the store is a re-read
 
 
 def log_path(results_dir: str | os.PathLike, study: str, sweep_key: str) -> Path:
@@ -78,3 +80,29 @@ def stop_sentence(log: dict[str, Any]) -> str:
     return (f"Sequential study stopped after {stopped['seeds']} seed(s) ({reason}); it ran {stopped['runs']} runs, and "
             f"its early stops saved {stopped['runs_saved']} of the {stopped['runs'] + stopped['runs_saved']} a full "
             f"{design['max_seeds']}-seed study would run.")
+
+
+def write_plan(results_dir: str | os.PathLike, study: str, sweep_key: str, seeds: int) -> Path:
+    """Record that a fixed-n sweep of ``study`` planned ``seeds`` seeds per configuration (its file's ``seeds:``).
+
+    The first plan stands: raising ``seeds:`` in the file and rerunning is adding seeds after a look.
+    """
+    path = Path(results_dir) / PLAN_FOLDER / f"{study}-{sweep_key}.json"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps({"study": study, "seeds": int(seeds)}))
+
+
+def planned_seeds(results_dir: str | os.PathLike | None, study: str) -> int | None:
+    """The most seeds any fixed-n sweep of ``study`` in the store planned, or ``None`` when none recorded a plan."""
+    folder = Path(results_dir) / PLAN_FOLDER if results_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return None
+    plans = []
+    for path in folder.glob(f"{study}-*.json"):
+        try:
+            plans.append(int(json.loads(path.read_text(encoding="utf-8"))["seeds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged plan only loses the re-read marking, never a verdict
+    return max(plans) if plans else None

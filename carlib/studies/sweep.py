@@ -48,10 +48,11 @@ from carlib.records.store import ResultsStore
 from carlib.studies.local_engine import finished_trial_ids, run_local
 from carlib.studies.parameters import STUDY_PARAMETERS
 from carlib.studies.ray_engine import import_ray, run_ray
+from carlib.studies.study_log import write_plan
 from carlib.studies.trials import KERNEL_START_TIMEOUT_S, SweepReport, Trial, gpu_slots
 
 __all__ = ["SweepSpec", "Trial", "SweepReport", "ENGINES", "SweepEngine", "EngineOptions", "KERNEL_START_TIMEOUT_S",
-           "load_sweep", "expand_trials", "run_sweep", "run_batch", "check_engine", "parse_shard", "check_kernel"]
+           "load_sweep", "sweep_key", "expand_trials", "run_sweep", "run_batch", "check_engine", "parse_shard", "check_kernel"]
 
 _SWEEP_KEYS = ("notebook", "study", "base", "grid", "seeds", "description")
 
@@ -115,6 +116,12 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         params = {k: v for k, v in trial.params.items() if k not in ("seeds", "results_dir")}
         ExperimentConfig.from_dict(params)
     return spec
+
+
+def sweep_key(spec: SweepSpec) -> str:
+    """A short hash of what makes a sweep's study: its grid and fixed parameters (not the seeds)."""
+    canonical = json.dumps({"base": spec.base, "grid": spec.grid}, sort_keys=True, default=str)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
 def trial_id_for(study: str, params: dict[str, Any]) -> str:
@@ -337,6 +344,7 @@ def run_sweep(sweep: str | os.PathLike | SweepSpec, *, results_dir: str | os.Pat
     if dry_run:
         return report
     run_trials = chosen.prepare(options)  # GPU safety and Ray's presence before anything starts
+    write_plan(store.root, spec.study, sweep_key(spec), spec.seeds)  # a verdict on more seeds is a re-read
     run_batch(run_trials, todo, spec, store, report, kernel=kernel, progress=progress, total=len(trials))
     return report
 

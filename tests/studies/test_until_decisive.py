@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from carlib.cli import main
 from carlib.errors import ConfigError, UnknownNameError
 from carlib.studies import rounds
 from carlib.studies.rounds import run_until_decisive
-from carlib.studies.study_log import read_log
+from carlib.studies.run import study_verdict
+from carlib.studies.study_log import planned_seeds, read_log
 from carlib.studies.sweep import ENGINES, run_sweep
 
 # A trial that records a test accuracy without training: lr=0.003 is ~0.2 better; the seed moves both a little.
@@ -21,7 +23,7 @@ from carlib.records.store import ResultsStore
 store, started = ResultsStore(results_dir), utc_now()
 run_id = new_run_id(study)
 accuracy = (0.7 if lr > 0.002 else 0.5) + (0.013 * seed) % 0.05 + (0.007 * seed * (lr > 0.002)) % 0.02
-store.write(new_record(run_id=run_id, study=study, config={'trial_id': trial_id, 'lr': lr, 'seed': seed,
+store.write(new_record(run_id=run_id, study=study, config={'trial_id': trial_id, 'lr': lr, 'seed': seed, 'schedule': 'cosine',
                        'results_dir': results_dir}, started_at=started, status='ok',
                        metrics={'test_accuracy_best': accuracy}, run_dir=str(store.run_dir(run_id)),
                        finished_at=utc_now()))"""
@@ -94,3 +96,17 @@ def test_sweep_engines_come_from_one_registry(write_sweep, tmp_path, capsys):
         run_sweep(write_sweep(), engine="rey", dry_run=True, results_dir=tmp_path / "r")
     assert main(["sweep", str(write_sweep()), "--max-seeds", "3"]) == 2
     assert "--max-seeds and --min-effect belong to --until-decisive" in capsys.readouterr().err
+
+
+def test_a_fixed_n_sweep_records_its_plan_and_more_seeds_read_again_are_marked(scored_sweep, tmp_path):
+    results = tmp_path / "results"
+    run_sweep(scored_sweep, results_dir=results, progress=False, workers=2)  # the file plans 2 seeds
+    assert planned_seeds(results, "lr_study") == 2
+    assert study_verdict("lr_study", results).basis == "fixed-n"
+    spec = yaml.safe_load(scored_sweep.read_text())
+    scored_sweep.write_text(yaml.safe_dump({**spec, "seeds": 3}))  # the user adds a seed and reads again
+    run_sweep(scored_sweep, results_dir=results, progress=False, workers=2)
+    assert planned_seeds(results, "lr_study") == 2  # the first plan stands
+    verdict = study_verdict("lr_study", results)
+    assert verdict.basis == "anytime-valid"
+    assert verdict.message.startswith("Read again after more seeds than the 2 planned (3 now)")
