@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from carlib.base.locks import try_lock
 from carlib.config import default_results_dir
 from carlib.errors import ConfigError
 from carlib.records.store import ResultsStore, load_results
@@ -31,8 +32,8 @@ from carlib.studies.sequential import HORIZON, SequentialDesign
 from carlib.studies.specs import STUDIES
 from carlib.studies.stats import ALPHA, MIN_EFFECT, Verdict, compare_top_two, config_label
 from carlib.studies.study_log import log_path, read_log, stop_sentence, write_log
-from carlib.studies.sweep import EngineOptions, SweepReport, SweepSpec, check_engine, expand_trials, load_sweep, \
-    run_batch, sweep_key
+from carlib.studies.sweep import EngineOptions, SweepEngine, SweepReport, SweepSpec, check_engine, expand_trials, \
+    load_sweep, run_batch, sweep_key
 from carlib.studies.trials import Trial
 
 __all__ = ["SequentialReport", "run_until_decisive"]
@@ -127,6 +128,18 @@ def run_until_decisive(sweep: str | os.PathLike | SweepSpec, *, max_seeds: int =
     design = SequentialDesign(alpha=alpha, horizon=max_seeds)
     store = ResultsStore(results_dir or default_results_dir())
     path = log_path(store.root, spec.study, sweep_key(spec))
+    with try_lock(path.with_suffix(".lock")) as held:
+        if not held:  # two drivers deciding one study would each decide on seeds the other has not finished
+            raise ConfigError(f"another carlib sweep --until-decisive is running this study ({path.name} is locked); "
+                              "wait for it to finish, or stop it, then rerun to resume.")
+        return _run_rounds(spec, store, path, design, min_effect, chosen, options, kernel=kernel, progress=progress)
+
+
+def _run_rounds(spec: SweepSpec, store: ResultsStore, path, design: SequentialDesign, min_effect: float,
+                chosen: SweepEngine,
+                options: EngineOptions, *, kernel: str, progress: bool) -> SequentialReport:
+    """The rounds themselves, under the study's lock: run a round, decide it once, log it, until a reason to stop."""
+    max_seeds = design.horizon
     log = _start_log(path, design, min_effect, spec)
     by = [k for k, values in spec.grid.items() if len(values) > 1]
     everyone = sorted({config_label(by, tuple(t.params[k] for k in by)) for t in expand_trials(spec)})
@@ -147,6 +160,10 @@ def run_until_decisive(sweep: str | os.PathLike | SweepSpec, *, max_seeds: int =
         if todo:
             run_batch(run_trials, todo, spec, store, report, kernel=kernel, progress=progress, total=len(trials),
                       label=f" seed {seed_index + 1}/{max_seeds}")
+        busy = [t.trial_id for t in todo if t.trial_id in report.busy]
+        if busy:  # a plain sweep runs some of this round's trials: never decide on a round with runs missing
+            raise ConfigError(f"round {seed_index + 1}'s trial(s) {', '.join(busy)} are being run by another sweep on "
+                              "this store; rerun when it has finished: the round is decided then, once.")
         trial_ids |= {t.trial_id for t in trials}
         verdict = _verdict(store, trial_ids, spec, by, design, min_effect)
         newly_beaten = [label for label in verdict.beaten if label not in beaten]

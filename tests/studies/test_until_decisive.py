@@ -110,3 +110,16 @@ def test_a_fixed_n_sweep_records_its_plan_and_more_seeds_read_again_are_marked(s
     verdict = study_verdict("lr_study", results)
     assert verdict.basis == "anytime-valid"
     assert verdict.message.startswith("Read again after more seeds than the 2 planned (3 now)")
+
+
+def test_two_drivers_never_decide_one_study(write_sweep, tmp_path):
+    from carlib.base.locks import try_lock
+    from carlib.studies.study_log import log_path
+    from carlib.studies.sweep import load_sweep, sweep_key
+
+    sweep = write_sweep()
+    path = log_path(tmp_path / "r", "lr_study", sweep_key(load_sweep(sweep)))
+    with try_lock(path.with_suffix(".lock")) as held:
+        assert held
+        with pytest.raises(ConfigError, match="another carlib sweep --until-decisive is running this study"):
+            run_until_decisive(sweep, results_dir=tmp_path / "r", progress=False)
