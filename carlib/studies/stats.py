@@ -420,6 +420,35 @@ def _curse_sentence(k: int, best: str, runner: str, raw: float, shrunken: float 
             f"optimistic{number}; confirm it with fresh seeds before quoting it.")
 
 
+def _seed_plan(comparison: Comparison, a: Mapping[Any, float], b: Mapping[Any, float], alpha: float,
+               min_effect: float) -> tuple[int | None, float | None]:
+    """(seeds per configuration for 80 % power at ``min_effect`` from the spread's upper bound, the mean seeds a
+    sequential study would spend there)."""
+    if not comparison.spread:
+        return None, None
+    df = comparison.n_pairs - 1 if comparison.n_pairs else len(a) + len(b) - 2
+    needed = seeds_needed(spread_upper_bound(comparison.spread, df), min_effect, alpha=alpha,
+                          paired=bool(comparison.n_pairs))
+    run_spread = math.sqrt((np.var(list(a.values()), ddof=1) + np.var(list(b.values()), ddof=1)) / 2)
+    mean_seeds = stopping_seeds(min_effect / run_spread, SequentialDesign(alpha=alpha))[0] if run_spread > 0 else None
+    return needed, mean_seeds
+
+
+def _selection_sentence(chosen_apart: bool, selection_metric: str | None, metric: str, k: int, best: str,
+                        runner: str, raw: float, shrunken: float | None) -> str:
+    """How the best was chosen: on another split (no curse), or on this metric among 3+ (the curse, as a number)."""
+    if chosen_apart:
+        return (f" Chosen on {selection_metric or 'the selection figure'}, reported on {metric}: the images "
+                "reported on played no part in picking the best, so its lead is not inflated by the choice.")
+    return _curse_sentence(k, best, runner, raw, shrunken) if k >= 3 else ""
+
+
+def _failures_sentence(failed: Mapping[str, int]) -> str:
+    if not failed:
+        return ""
+    return " Failed runs: " + "; ".join(f"{label} failed {n}" for label, n in sorted(failed.items())) + "."
+
+
 def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, int] | None = None,
            metric: str = "test_accuracy_best", alpha: float = ALPHA, min_effect: float = MIN_EFFECT,
            plan: bool = True, parameters: Mapping[str, Mapping[str, Any]] | None = None,
@@ -486,25 +515,13 @@ def decide(values: Mapping[str, Mapping[Any, float]], *, failed: Mapping[str, in
                   "longer holds, so the anytime-valid interval decides. " if design is None else "")
         message = (reread + _anytime_sentence(leader, runner_label, best, runner, min_effect, unstable)
                    + " Not used (valid only at a number of seeds fixed in advance): " + fixed)
-    needed = mean_seeds = None
-    if plan and comparison.spread:
-        df = comparison.n_pairs - 1 if comparison.n_pairs else len(a) + len(b) - 2
-        needed = seeds_needed(spread_upper_bound(comparison.spread, df), min_effect, alpha=alpha,
-                              paired=bool(comparison.n_pairs))
-        run_spread = math.sqrt((np.var(list(a.values()), ddof=1) + np.var(list(b.values()), ddof=1)) / 2)
-        if run_spread > 0:
-            mean_seeds = stopping_seeds(min_effect / run_spread, SequentialDesign(alpha=alpha))[0]
+    needed, mean_seeds = _seed_plan(comparison, a, b, alpha, min_effect) if plan else (None, None)
     if needed is not None or (plan and not decisive and comparison.test != "sign test"):
         message += " Seed plan: " + _plan_sentence(needed, min_effect, min(len(a), len(b)), alpha, mean_seeds) + "."
     shrunken = _shrunken_lead(values, ranked) if k >= 3 and not chosen_apart else None
-    if chosen_apart:
-        message += (f" Chosen on {selection_metric or 'the selection figure'}, reported on {metric}: the images "
-                    "reported on played no part in picking the best, so its lead is not inflated by the choice.")
-    elif k >= 3:
-        message += _curse_sentence(k, best, runner, comparison.difference, shrunken)
-    others = {label: n for label, n in failed.items() if label != best_label or not unstable}
-    if others:
-        message += " Failed runs: " + "; ".join(f"{label} failed {n}" for label, n in sorted(others.items())) + "."
+    message += _selection_sentence(chosen_apart, selection_metric, metric, k, best, runner, comparison.difference,
+                                   shrunken)
+    message += _failures_sentence({label: n for label, n in failed.items() if label != best_label or not unstable})
     base.update(decisive=decisive, seeds_needed=needed)
     return Verdict(**base, message=message,
                    anytime=leader.intervals[runner_label], basis=basis,
