@@ -42,44 +42,41 @@ def scored_sweep(tmp_path, write_sweep):
     return write_sweep(notebook=notebook, grid={"lr": [1e-5, 3e-3]}, seeds=2)
 
 
-def test_a_clear_study_stops_decisive_says_why_and_a_rerun_decides_nothing_again(scored_sweep, tmp_path, capsys):
-    results = tmp_path / "results"
-    assert main(["sweep", str(scored_sweep), "--until-decisive", "--max-seeds", "6", "--results-dir", str(results),
-                 "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    (path,) = (results / "sequential").glob("lr_study-*.json")
-    log = read_log(path)
-    stopped = log["stopped"]
-    assert stopped["reason"] == "decisive" and 2 <= stopped["seeds"] < 6
-    assert stopped["runs"] == 2 * stopped["seeds"] and stopped["runs_saved"] == 2 * 6 - stopped["runs"]
-    assert f"Sequential study stopped after {stopped['seeds']} seed(s) (decisive" in out
-    assert f"saved {stopped['runs_saved']} of the 12" in out and "verdict: decisive: lr=0.003 beats lr=1e-05" in out
-    again = run_until_decisive(scored_sweep, max_seeds=6, results_dir=results, progress=False, workers=2)
-    assert again.sweep.ok == [] and read_log(path) == log  # nothing ran, nothing was decided twice
-    with pytest.raises(ConfigError, match="started with --max-seeds 6 .* a study keeps its design"):
-        run_until_decisive(scored_sweep, max_seeds=8, results_dir=results, progress=False)
-
-
-def test_a_killed_study_resumes_from_its_last_decided_round(scored_sweep, tmp_path, monkeypatch):
+def test_a_killed_study_resumes_stops_decisive_says_why_and_never_decides_twice(scored_sweep, tmp_path, monkeypatch,
+                                                                               capsys):
     results = tmp_path / "results"
     written = []
+    real_write = rounds.write_log
 
-    def die_after_the_first_round(path, log):
+    def die_before_round_two_is_logged(path, log):
         if len(log["rounds"]) == 2:  # the kill comes after round 2's trials, before its decision is written
             raise KeyboardInterrupt
         written.append(json.loads(json.dumps(log)))
         return real_write(path, log)
 
-    real_write = rounds.write_log
-    monkeypatch.setattr(rounds, "write_log", die_after_the_first_round)
+    monkeypatch.setattr(rounds, "write_log", die_before_round_two_is_logged)
     with pytest.raises(KeyboardInterrupt):
         run_until_decisive(scored_sweep, max_seeds=6, results_dir=results, progress=False, workers=2)
     assert [r["seeds"] for r in written[-1]["rounds"]] == [1]
     monkeypatch.setattr(rounds, "write_log", real_write)
-    resumed = run_until_decisive(scored_sweep, max_seeds=6, results_dir=results, progress=False, workers=2)
-    assert len(resumed.sweep.skipped) == 2  # round 2's trials ran before the kill: not run again
-    seeds = [r["seeds"] for r in resumed.log["rounds"]]
-    assert seeds == list(range(1, len(seeds) + 1)) and resumed.stopped["reason"] == "decisive"
+
+    assert main(["sweep", str(scored_sweep), "--until-decisive", "--max-seeds", "6", "--results-dir", str(results),
+                 "--workers", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "2 already finished (skipped)" in out  # round 2's trials ran before the kill: not run again
+    (path,) = (results / "sequential").glob("lr_study-*.json")
+    log = read_log(path)
+    stopped = log["stopped"]
+    assert [r["seeds"] for r in log["rounds"]] == list(range(1, stopped["seeds"] + 1))  # each round decided once
+    assert stopped["reason"] == "decisive" and 2 <= stopped["seeds"] < 6
+    assert stopped["runs"] == 2 * stopped["seeds"] and stopped["runs_saved"] == 2 * 6 - stopped["runs"]
+    assert f"Sequential study stopped after {stopped['seeds']} seed(s) (decisive" in out
+    assert f"saved {stopped['runs_saved']} of the 12" in out and "verdict: decisive: lr=0.003 beats lr=1e-05" in out
+
+    again = run_until_decisive(scored_sweep, max_seeds=6, results_dir=results, progress=False)
+    assert again.sweep.ok == [] and read_log(path) == log  # nothing ran, nothing was decided twice
+    with pytest.raises(ConfigError, match="started with --max-seeds 6 .* a study keeps its design"):
+        run_until_decisive(scored_sweep, max_seeds=8, results_dir=results, progress=False)
 
 
 def test_until_decisive_needs_two_configurations_and_sane_limits(write_sweep, tmp_path):
@@ -100,16 +97,17 @@ def test_sweep_engines_come_from_one_registry(write_sweep, tmp_path, capsys):
 
 def test_a_fixed_n_sweep_records_its_plan_and_more_seeds_read_again_are_marked(scored_sweep, tmp_path):
     results = tmp_path / "results"
-    run_sweep(scored_sweep, results_dir=results, progress=False, workers=2)  # the file plans 2 seeds
-    assert planned_seeds(results, "lr_study") == 2
-    assert study_verdict("lr_study", results).basis == "fixed-n"
     spec = yaml.safe_load(scored_sweep.read_text())
-    scored_sweep.write_text(yaml.safe_dump({**spec, "seeds": 3}))  # the user adds a seed and reads again
+    scored_sweep.write_text(yaml.safe_dump({**spec, "seeds": 1}))
+    run_sweep(scored_sweep, results_dir=results, progress=False, workers=2)  # the file plans 1 seed
+    assert planned_seeds(results, "lr_study") == 1
+    assert study_verdict("lr_study", results).basis == "fixed-n"
+    scored_sweep.write_text(yaml.safe_dump({**spec, "seeds": 2}))  # the user adds a seed and reads again
     run_sweep(scored_sweep, results_dir=results, progress=False, workers=2)
-    assert planned_seeds(results, "lr_study") == 2  # the first plan stands
+    assert planned_seeds(results, "lr_study") == 1  # the first plan stands
     verdict = study_verdict("lr_study", results)
     assert verdict.basis == "anytime-valid"
-    assert verdict.message.startswith("Read again after more seeds than the 2 planned (3 now)")
+    assert verdict.message.startswith("Read again after more seeds than the 1 planned (2 now)")
 
 
 def test_two_drivers_never_decide_one_study(write_sweep, tmp_path):
