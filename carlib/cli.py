@@ -23,7 +23,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from carlib.config import PARAMETER_NAMES, check_known, parameter_help
+from carlib.config import PARAMETER_NAMES, check_known, default_results_dir, parameter_help
 from carlib.data.embedded import embedded_data_dir, ensure_embedded_data
 from carlib.errors import CarlibError, ConfigError, DataWarning, SubmissionWarning
 from carlib.records.table import COMPACT_COLUMNS
@@ -45,10 +45,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.summary:
         if not args.study:
             raise ConfigError("--summary needs --study NAME (known: " + ", ".join(STUDIES.names()) + ")")
-        from carlib.studies.stats import compare_top_two, summarize  # deferred: scipy
+        from carlib.studies.stats import summarize  # deferred: scipy
+        from carlib.studies.study_log import verdict_in_store  # deferred: scipy
 
         spec = get_study(args.study)
-        verdict = compare_top_two(frame, spec.scientific, spec.metric, min_effect=args.min_effect)
+        verdict = verdict_in_store(frame, spec.scientific, spec.metric, stores[0] or default_results_dir(),
+                                   min_effect=args.min_effect)
         frame = summarize(frame, spec.scientific, spec.metric, extra=spec.extra).reset_index()
     elif args.columns:
         missing = [c for c in args.columns if c not in frame.columns]

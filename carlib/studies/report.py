@@ -30,8 +30,8 @@ from carlib.records.store import ResultsStore
 from carlib.records.table import COMPACT_COLUMNS
 from carlib.studies.specs import STUDIES
 from carlib.studies.sequential import HORIZON, SequentialDesign, interval_path
-from carlib.studies.stats import Verdict, compare_top_two, configuration_values, summarize
-from carlib.studies.study_log import design_of, planned_seeds, stop_sentence, study_logs
+from carlib.studies.stats import Verdict, configuration_values, summarize
+from carlib.studies.study_log import design_of, study_logs, verdict_in_store
 
 __all__ = ["build_report"]
 
@@ -141,13 +141,11 @@ def build_report(results_dir: str | os.PathLike | None = None, out: str | os.Pat
             summary = summarize(study_table, spec.scientific, spec.metric, extra=spec.extra)
             parts.append(f"<p class='meta'>metric: {spec.metric}</p>" + _table_html(summary))
             logs = study_logs(store.root, study)
-            design = design_of(logs[-1]) if logs else None
-            verdict = compare_top_two(study_table, spec.scientific, spec.metric, design=design,
-                                      planned_seeds=None if logs else planned_seeds(store.root, study))
-            stopped = " " + stop_sentence(logs[-1]) if logs else ""
-            parts.append(f'<p class="verdict"><b>Verdict:</b> {html.escape(verdict.message + stopped)}</p>')
+            verdict = verdict_in_store(study_table, spec.scientific, spec.metric, store.root)
+            parts.append(f'<p class="verdict"><b>Verdict:</b> {html.escape(verdict.message)}</p>')
             parts.append(_figure_html(plot_summary(summary, metric=spec.metric)))
-            parts.append(_anytime_html(study_table, spec, verdict, design, logs[-1] if logs else None))
+            parts.append(_anytime_html(study_table, spec, verdict, design_of(logs[-1]) if logs else None,
+                                       logs[-1] if logs else None))
             best_runs = _best_configuration_runs(records, study, spec.scientific, summary)
             if best_runs:
                 parts.append("<h3>Learning curves of the best configuration</h3>")

@@ -3,7 +3,6 @@ and the verdict on the top two configurations."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pandas as pd
@@ -13,8 +12,8 @@ from carlib.data.folders import list_class_images, prepare_data, sample_images
 from carlib.errors import ConfigError
 from carlib.records.store import load_results
 from carlib.studies.specs import get_study
-from carlib.studies.stats import MIN_EFFECT, Verdict, compare_top_two, summarize
-from carlib.studies.study_log import design_of, planned_seeds, stop_sentence, study_logs
+from carlib.studies.stats import MIN_EFFECT, Verdict, summarize
+from carlib.studies.study_log import verdict_in_store
 
 __all__ = ["run_study", "study_config", "study_summary", "study_verdict", "augmentation_samples"]
 
@@ -66,13 +65,8 @@ def study_verdict(study: str, results_dir: str | None = None, *, min_effect: flo
     """
     spec = get_study(study)
     store = results_dir if results_dir is not None else default_results_dir()
-    logs = study_logs(store, study)
-    verdict = compare_top_two(load_results(results_dir, study=study), spec.scientific, spec.metric,
-                              min_effect=min_effect, design=design_of(logs[-1]) if logs else None,
-                              planned_seeds=None if logs else planned_seeds(store, study))
-    if not logs:
-        return verdict
-    return dataclasses.replace(verdict, message=verdict.message + " " + stop_sentence(logs[-1]))
+    return verdict_in_store(load_results(results_dir, study=study), spec.scientific, spec.metric, store,
+                            min_effect=min_effect)
 
 
 def augmentation_samples(augmentation: str, *, data_dir: str | None = None, image_size: int = 64,

@@ -10,6 +10,7 @@ many seeds, and how many runs its early stops saved.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any
 from carlib.base.files import atomic_write_text
 from carlib.errors import ConfigError
 from carlib.studies.sequential import SequentialDesign
+from carlib.studies.stats import MIN_EFFECT, Verdict, compare_top_two
 
 __all__ = ["LOG_FOLDER", "PLAN_FOLDER", "log_path", "read_log", "write_log", "study_logs", "design_of",
-           "stop_sentence", "write_plan", "planned_seeds"]
+           "stop_sentence", "write_plan", "planned_seeds", "verdict_in_store"]
 
 LOG_FOLDER = "sequential"
 PLAN_FOLDER = "plans"  # the seeds each fixed-n sweep of a study planned: more than that in the store is a re-read
@@ -106,3 +108,20 @@ def planned_seeds(results_dir: str | os.PathLike | None, study: str) -> int | No
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a damaged plan only loses the re-read marking, never a verdict
     return max(plans) if plans else None
+
+
+def verdict_in_store(frame, scientific, metric: str, results_dir: str | os.PathLike | None, *,
+                     min_effect: float = MIN_EFFECT) -> Verdict:
+    """The verdict on a study's runs ``frame`` as its store knows it: a sequential study (a log) decided on its
+    anytime-valid intervals with why it stopped, a fixed-n study on more seeds than its plan marked as read again.
+
+    What :func:`carlib.studies.run.study_verdict`, ``carlib results --summary`` and the report all say.
+    """
+    study = str(frame["study"].iloc[0]) if "study" in frame and len(frame) else ""
+    logs = study_logs(results_dir, study) if study else []
+    verdict = compare_top_two(frame, list(scientific), metric, min_effect=min_effect,
+                              design=design_of(logs[-1]) if logs else None,
+                              planned_seeds=None if logs or not study else planned_seeds(results_dir, study))
+    if not logs:
+        return verdict
+    return dataclasses.replace(verdict, message=verdict.message + " " + stop_sentence(logs[-1]))
