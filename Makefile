@@ -13,6 +13,9 @@ DEMO_STUDIES := lr_study augmentation_study backbone_study tta_visualization
 # training (a 6-trial sweep: 3 min 3 s -> 2 min 17 s, the same accuracies). The speed columns
 # (train_images_per_s, epoch_s) then measure a shared CPU: equally for every arm, not the machine's speed.
 DEMO_WORKERS := 2
+# Each study runs --until-decisive (issue 22): seeds in rounds until its anytime-valid verdict is clear, at most
+# DEMO_MAX_SEEDS per arm (a clear study stops after 2, an unclear one at the cap: 4 to 6 trials a study).
+DEMO_MAX_SEEDS := 3
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -46,11 +49,13 @@ notebook-test: install
 
 test: unit-test notebook-test
 
-# The demo runs each study's quick sweep (2 arms x 2 or 3 seeds on the embedded data), then the report.
+# The demo runs each study's quick sweep (2 arms, seeds until decisive, at most 3, on the embedded data), then the
+# report.
 demo: data
 	@for study in $(DEMO_STUDIES); do \
-	  echo "== $$study: carlib sweep params/$$study/sweep-quick.yaml"; \
-	  $(PY) -m carlib sweep params/$$study/sweep-quick.yaml --results-dir $(DEMO_RESULTS) --workers $(DEMO_WORKERS) || exit 1; \
+	  echo "== $$study: carlib sweep params/$$study/sweep-quick.yaml --until-decisive --max-seeds $(DEMO_MAX_SEEDS)"; \
+	  $(PY) -m carlib sweep params/$$study/sweep-quick.yaml --until-decisive --max-seeds $(DEMO_MAX_SEEDS) \
+	    --results-dir $(DEMO_RESULTS) --workers $(DEMO_WORKERS) || exit 1; \
 	done
 	@echo; echo "== Combined results table ($(DEMO_RESULTS)/)"
 	@$(PY) -m carlib results --results-dir $(DEMO_RESULTS)

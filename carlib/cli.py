@@ -25,6 +25,7 @@ import typing
 import warnings
 from typing import Any, Sequence
 
+from carlib.base.project_files import default_results_dir
 from carlib.config import PARAMETER_NAMES, ExperimentConfig, allowed_values, check_known
 from carlib.data.embedded import embedded_data_dir, ensure_embedded_data
 from carlib.errors import CarlibError, ConfigError, DataWarning, SubmissionWarning
@@ -55,10 +56,11 @@ def _cmd_results(args: argparse.Namespace) -> int:
             raise ConfigError("--summary needs --study NAME (known: " + ", ".join(STUDIES.names()) + ")")
         # deferred: scipy
         from carlib.studies.aggregate import summarize_with
-        from carlib.studies.stats import compare_top_two
+        from carlib.studies.study_log import verdict_in_store
 
         spec = get_study(args.study)
-        verdict = compare_top_two(frame, spec.scientific, spec.metric, min_effect=args.min_effect)
+        verdict = verdict_in_store(frame, spec.scientific, spec.metric, stores[0] or default_results_dir(),
+                                   min_effect=args.min_effect)
         frame = summarize_with(frame, spec.scientific, spec.metric, extra=spec.extra,
                                aggregate=args.aggregate).reset_index()
     elif args.aggregate != "mean":
@@ -129,6 +131,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep_file, base_overrides={"data_dir": args.data_dir} if args.data_dir else None)
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
+    if args.until_decisive:
+        return _cmd_sweep_until_decisive(args, spec, gpus)
+    if args.max_seeds is not None or args.min_effect is not None:
+        raise ConfigError("--max-seeds and --min-effect belong to --until-decisive (a sweep without it runs the seeds "
+                          "its file plans).")
     report = run_sweep(spec, results_dir=args.results_dir, workers=args.workers, gpus=gpus, shard=args.shard,
                        kernel=args.kernel, progress=not args.no_progress, engine=args.engine, address=args.address,
                        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, retries=args.retries,
@@ -149,6 +156,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(study_summary(spec.study, args.results_dir).to_string(float_format=lambda v: f"{v:.4g}"))
         print("verdict: " + study_verdict(spec.study, args.results_dir).message)
+    return 1 if report.failed else 0
+
+
+def _cmd_sweep_until_decisive(args: argparse.Namespace, spec, gpus) -> int:
+    """``carlib sweep FILE --until-decisive``: rounds of seeds until the anytime-valid verdict is clear."""
+    from carlib.studies.rounds import run_until_decisive  # deferred: papermill
+    from carlib.studies.stats import MIN_EFFECT  # deferred: scipy
+
+    if args.shard or args.dry_run:
+        raise ConfigError("--until-decisive decides after every round on every configuration: it cannot be sharded "
+                          "or dry-run; leave out --shard and --dry-run.")
+    result = run_until_decisive(spec, max_seeds=20 if args.max_seeds is None else args.max_seeds,
+                                min_effect=MIN_EFFECT if args.min_effect is None else args.min_effect,
+                                results_dir=args.results_dir, engine=args.engine, progress=not args.no_progress,
+                                kernel=args.kernel, workers=args.workers, gpus=gpus, address=args.address,
+                                gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                                retries=args.retries)
+    report = result.sweep
+    print(f"sweep {spec.study} --until-decisive: {len(report.ok)} trial(s) ran, {len(report.failed)} failed, "
+          f"{len(report.skipped)} already finished (skipped). {result.sentence()}")
+    if result.verdict is not None:
+        print(f"verdict: {result.verdict.message}")
     return 1 if report.failed else 0
 
 
@@ -350,19 +379,38 @@ def _cmd_bench_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_bench_verdicts(args: argparse.Namespace) -> int:
     """``carlib bench verdicts``: false-verdict rate and power of the verdict code on simulated studies."""
-    from carlib.bench.verdicts import format_cells, simulate_verdicts  # deferred: scipy
+    from carlib.bench import verdicts  # deferred: scipy
 
     common = {"date": datetime.date.today().isoformat()}
 
-    def show(cell) -> None:
+    def show(cell, figure: str = "verdicts") -> None:
         if args.json:
-            print(json.dumps({"figure": "verdicts", **cell.as_dict(), **common}), flush=True)
+            print(json.dumps({"figure": figure, **cell.as_dict(), **common}), flush=True)
 
-    cells = simulate_verdicts(args.k, args.n, args.rho, simulations=args.simulations, seed=args.seed, on_cell=show)
+    simulations = args.simulations if args.simulations is not None else (10000 if args.sequential else 2000)
+    if args.sequential:
+        if args.n is not None:
+            raise ConfigError("--n is the fixed number of seeds; with --sequential a study reads after every seed up "
+                              "to --max-seeds.")
+        cells = verdicts.simulate_sequential(args.k or verdicts.SEQUENTIAL_KS, args.rho or verdicts.SEQUENTIAL_RHOS,
+                                             args.noise, simulations=simulations,
+                                             max_seeds=args.max_seeds, seed=args.seed, on_cell=show)
+        spent = verdicts.simulate_seeds_spent(simulations=simulations, max_seeds=args.max_seeds,
+                                              seed=args.seed)
+        for row in spent:
+            show(row, "seeds_spent")
+        if not args.json:
+            print(f"carlib bench verdicts --sequential — {simulations} simulated studies per cell and "
+                  f"scenario, read after every seed up to {args.max_seeds} (a run's score has unit standard deviation; "
+                  "heavy: 10 % of runs collapse by 10 sd)")
+            print(verdicts.format_sequential(cells, spent))
+        return 0
+    cells = verdicts.simulate_verdicts(args.k or verdicts.KS, args.n or verdicts.NS, args.rho or verdicts.RHOS,
+                                       simulations=simulations, seed=args.seed, on_cell=show)
     if not args.json:
-        print(f"carlib bench verdicts — {args.simulations} simulated studies per cell and scenario; a run's score has "
-              "unit standard deviation, a share rho of it shared by the runs of one seed")
-        print(format_cells(cells))
+        print(f"carlib bench verdicts — {simulations} simulated studies per cell and scenario; a run's "
+              "score has unit standard deviation, a share rho of it shared by the runs of one seed")
+        print(verdicts.format_cells(cells))
     return 0
 
 
@@ -560,7 +608,8 @@ def _bench_recipe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="dataset: competition layout or class folders "
                         "(default: the embedded dataset)")
     parser.add_argument("--seeds", type=int, default=1, help="runs of each arm (seed, seed+1, ...); 2+ for a verdict")
-    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="first seed (default: the first after the seeds that chose the recipe, never those)")
     parser.add_argument("--params", default=None,
                         help="YAML preset of the recipe arm (default: params/cpu_recipe/recipe.yaml)")
     parser.add_argument("--pretrained-params", default=None,
@@ -591,15 +640,27 @@ def _bench_sweep_parser() -> argparse.ArgumentParser:
 
 
 def _bench_verdicts_parser() -> argparse.ArgumentParser:
-    from carlib.bench.verdicts import KS, NS, RHOS  # deferred: scipy
+    from carlib.bench.verdicts import KS, NOISES, NS, RHOS, SEQUENTIAL_KS, SEQUENTIAL_RHOS  # deferred: scipy
 
     parser = argparse.ArgumentParser(prog="carlib bench verdicts", description="The verdict code on simulated "
                                      "studies: false verdicts under A/A and power at a +1 sd effect.",
                                      formatter_class=_HelpFormatter)
-    parser.add_argument("--simulations", type=int, default=2000, help="studies per cell and scenario (default: 2000)")
-    parser.add_argument("--k", type=int, nargs="+", default=list(KS), help="configurations per study")
-    parser.add_argument("--n", type=int, nargs="+", default=list(NS), help="seeds per configuration")
-    parser.add_argument("--rho", type=float, nargs="+", default=list(RHOS), help="same-seed correlation")
+    parser.add_argument("--sequential", action="store_true",
+                        help="studies read after every seed and stopped at the first decision (--until-decisive), "
+                             "with heavy-tailed noise and the seeds they spend")
+    parser.add_argument("--simulations", type=int, default=None,
+                        help="studies per cell and scenario (default: 2000; 10000 with --sequential)")
+    parser.add_argument("--k", type=int, nargs="+", default=None,
+                        help=f"configurations per study (default: {' '.join(map(str, KS))}; with --sequential "
+                             f"{' '.join(map(str, SEQUENTIAL_KS))})")
+    parser.add_argument("--n", type=int, nargs="+", default=None,
+                        help=f"seeds per configuration (default: {' '.join(map(str, NS))}; not with --sequential)")
+    parser.add_argument("--rho", type=float, nargs="+", default=None,
+                        help=f"same-seed correlation (default: {' '.join(map(str, RHOS))}; with --sequential "
+                             f"{' '.join(map(str, SEQUENTIAL_RHOS))})")
+    parser.add_argument("--noise", nargs="+", choices=NOISES, default=list(NOISES),
+                        help="with --sequential: normal runs, or heavy tails (10 %% of runs collapse)")
+    parser.add_argument("--max-seeds", type=int, default=20, help="with --sequential: the most seeds a study reads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per cell")
     return parser
@@ -655,7 +716,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sweep.add_argument("--data-dir", default=None,
                        help="the dataset every trial trains on, in place of the sweep file's data_dir (default: the "
                             "sweep file's, else the embedded dataset)")
-    sweep.add_argument("--engine", choices=("local", "ray"), default="local",
+    sweep.add_argument("--engine", default="local",
                        help="local: processes of this machine (default); ray: one Ray task per trial, on a private "
                             "Ray instance or the cluster at --address (pip install \"carlib[ray]\")")
     sweep.add_argument("--address", default=None,
@@ -680,6 +741,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true",
                        help="list this shard's trials (finished ones marked) and exit; runs nothing")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--until-decisive", action="store_true",
+                       help="run seeds in rounds, reading an anytime-valid verdict after each, until the best beats "
+                            "each of the others, no difference is larger than --min-effect, or --max-seeds; "
+                            "configurations decisively beaten leave early (the file's seeds are ignored)")
+    sweep.add_argument("--max-seeds", type=int, default=None,
+                       help="--until-decisive: the most seeds per configuration (default: 20)")
+    sweep.add_argument("--min-effect", type=float, default=None,
+                       help="--until-decisive: the smallest difference that matters; a study stops as equivalent "
+                            "when every difference lies inside ±min-effect (default: 0.01, a point of accuracy)")
 
     predict = sub.add_parser("predict", help="predict photos (PATH…: one row per image), or write a validated "
                                              "submission CSV for a competition folder's test images")

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-__all__ = ["plot_learning_curves", "plot_summary", "plot_tradeoff", "plot_augmentation_gallery",
+__all__ = ["plot_learning_curves", "plot_summary", "plot_anytime_path", "plot_tradeoff", "plot_augmentation_gallery",
            "plot_confusion_matrix", "plot_mistakes", "plot_resolution_curve", "plot_tta_grid", "plot_tta_spread",
            "plot_lr_find"]
 
@@ -100,6 +100,29 @@ def plot_summary(summary: pd.DataFrame, *, metric: str | None = None) -> Figure:
     names = [n for n in (summary.index.names or []) if n]
     ax.set(ylabel=f"{metric}\nmean, 95% CI over seeds", xlabel=" × ".join(names))
     ax.margins(y=0.2)
+    return figure
+
+
+def plot_anytime_path(path: pd.DataFrame, *, stop: int | None = None, title: str = "") -> Figure:
+    """The anytime-valid interval of best − other after each seed (``path``: columns ``seeds``, ``low``, ``high``,
+    ``difference``), narrowing as seeds are added, with 0 and the seed the study stopped at (``stop``) marked."""
+    figure = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = figure.subplots()
+    finite = path[np.isfinite(path["low"]) & np.isfinite(path["high"])] if not path.empty else path
+    if finite.empty:
+        ax.text(0.5, 0.5, "no interval yet: it needs 2 or more seeds both ran", ha="center", va="center")
+        return figure
+    ax.fill_between(finite["seeds"], finite["low"], finite["high"], color="C0", alpha=0.25, step="mid",
+                    label="anytime-valid interval")
+    ax.plot(finite["seeds"], finite["difference"], "o-", color="C0", label="its centre")
+    ax.axhline(0, color="k", linewidth=0.8)
+    if stop is not None:
+        ax.axvline(stop, color="C3", linestyle="--", label=f"stopped after {stop} seeds")
+    bounds = np.abs(finite[["low", "high"]].to_numpy())
+    spread = float(np.nanmax(bounds[1:] if len(bounds) > 2 else bounds))  # after 2 seeds the interval is vast
+    ax.set(xlabel="seeds per configuration", ylabel="best − other", title=title,
+           ylim=(-1.1 * spread, 1.1 * spread))
+    ax.legend(fontsize="small")
     return figure
 
 

@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from carlib.bench.machine import machine_description
-from carlib.base.project_files import default_results_dir
+from carlib.base.project_files import default_results_dir, resolve_project_file
+from carlib.base.yaml_files import load_yaml_mapping
 from carlib.config import ExperimentConfig
 from carlib.data.embedded import embedded_data_dir
 from carlib.data.folders import prepare_data
@@ -157,7 +158,20 @@ def _release() -> None:
 
 
 # ------------------------------------------------------------------------------ public
-def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 1, seed: int = 0,
+def selection_seeds(folder: str | os.PathLike = "params/cpu_recipe") -> set[int]:
+    """The seeds the CPU recipe was chosen on: every seed of the study's sweep files (``sweep-*.yaml``) in ``folder``.
+
+    Confirming the recipe on them would report the winner's curse, not the recipe's worth.
+    """
+    chosen: set[int] = set()
+    for path in sorted(resolve_project_file(folder).glob("sweep-*.yaml")):
+        sweep = load_yaml_mapping(path, "sweep file")
+        first = int((sweep.get("base") or {}).get("seed", 0))
+        chosen |= set(range(first, first + int(sweep.get("seeds", 1))))
+    return chosen
+
+
+def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 1, seed: int | None = None,
                      recipe: Mapping[str, Any] | None = None, pretrained: Mapping[str, Any] | bool | None = None,
                      baseline_epochs: int = BASELINE["epochs"], baseline_image_size: int = BASELINE["image_size"],
                      test_split: float = 0.2, results_dir: str | os.PathLike | None = None,
@@ -167,7 +181,9 @@ def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 
     ``data_dir``: the embedded dataset (``None``), the competition layout or any class-folder
     tree. ``recipe``: the parameters of the recipe arm (default :func:`cpu_recipe`; any carlib
     parameters, e.g. a preset file's). ``pretrained``: those of the pretrained arm (default
-    :func:`pretrained_recipe`), or ``False`` to leave that arm out. The preset arms' runs are
+    :func:`pretrained_recipe`), or ``False`` to leave that arm out. ``seed``: the first seed; the
+    default recipe is confirmed only on fresh seeds, never those that chose it
+    (:func:`selection_seeds`; ``None``: the first seed after them). The preset arms' runs are
     recorded in ``results_dir`` (study ``recipe_bench``). Returns a list of ``{"figure", "value",
     "unit", ...context}`` dicts: ``baseline_accuracy``, ``recipe_accuracy``,
     ``recipe_accuracy_no_tta``, ``accuracy_gain`` (recipe − baseline), ``baseline_cpu_s``,
@@ -185,6 +201,13 @@ def recipe_benchmark(data_dir: str | os.PathLike | None = None, *, seeds: int = 
     if isinstance(baseline_image_size, bool) or not isinstance(baseline_image_size, int) or baseline_image_size < 32:
         raise ConfigError(f"baseline_image_size={baseline_image_size!r} is out of range: expected an integer >= 32 "
                           "(three 3x3 convolutions and poolings need it).")
+    chosen = selection_seeds() if recipe is None else set()
+    seed = (max(chosen) + 1 if chosen else 0) if seed is None else seed
+    reused = sorted(chosen & set(range(seed, seed + seeds)))
+    if reused:
+        raise ConfigError(f"seed(s) {reused} chose the CPU recipe (params/cpu_recipe/sweep-*.yaml): confirming it on "
+                          f"them measures the winner's curse, not the recipe; pass --seed {max(chosen) + 1} or later "
+                          "(the default).")
     store = Path(results_dir or default_results_dir()).expanduser().resolve()
 
     def preset_config(values: Mapping[str, Any]) -> tuple[dict[str, Any], ExperimentConfig]:

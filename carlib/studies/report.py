@@ -24,13 +24,15 @@ from typing import Any
 import pandas as pd
 
 from carlib.base.files import atomic_write_text
-from carlib.plots import plot_learning_curves, plot_summary
+from carlib.plots import plot_anytime_path, plot_learning_curves, plot_summary
 from carlib.records.record import environment_info
 from carlib.records.store import ResultsStore
 from carlib.records.table import COMPACT_COLUMNS
 from carlib.studies.specs import STUDIES
 from carlib.studies.aggregate import aggregate_note, check_aggregate, summarize_with
-from carlib.studies.stats import compare_top_two
+from carlib.studies.sequential import HORIZON, SequentialDesign, interval_path
+from carlib.studies.stats import Verdict, configuration_values
+from carlib.studies.study_log import design_of, study_logs, verdict_in_store
 
 __all__ = ["build_report"]
 
@@ -143,9 +145,12 @@ def build_report(results_dir: str | os.PathLike | None = None, out: str | os.Pat
             summary = summarize_with(study_table, spec.scientific, spec.metric, extra=spec.extra, aggregate=aggregate)
             note = f" · {html.escape(aggregate_note(aggregate))}" if aggregate != "mean" else ""
             parts.append(f"<p class='meta'>metric: {spec.metric}{note}</p>" + _table_html(summary))
-            verdict = compare_top_two(study_table, spec.scientific, spec.metric)
+            logs = study_logs(store.root, study)
+            verdict = verdict_in_store(study_table, spec.scientific, spec.metric, store.root)
             parts.append(f'<p class="verdict"><b>Verdict:</b> {html.escape(verdict.message)}</p>')
             parts.append(_figure_html(plot_summary(summary, metric=spec.metric)))
+            parts.append(_anytime_html(study_table, spec, verdict, design_of(logs[-1]) if logs else None,
+                                       logs[-1] if logs else None))
             best_runs = _best_configuration_runs(records, study, spec.scientific, summary)
             if best_runs:
                 parts.append("<h3>Learning curves of the best configuration</h3>")
@@ -167,6 +172,23 @@ def build_report(results_dir: str | os.PathLike | None = None, out: str | os.Pat
            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
     atomic_write_text(out, page)
     return out
+
+
+def _anytime_html(study_table: pd.DataFrame, spec, verdict: Verdict, design: SequentialDesign | None,
+                  log: dict[str, Any] | None) -> str:
+    """The anytime-valid interval of the best against the runner-up, seed by seed, with the stop marked."""
+    if verdict.best is None or verdict.runner_up is None:
+        return ""
+    values = configuration_values(study_table, spec.scientific, spec.metric)[0]
+    best, other = values[verdict.best], values[verdict.runner_up]
+    shared = len(set(best) & set(other))
+    design = design or SequentialDesign(horizon=max(HORIZON, shared))
+    path = pd.DataFrame([{"seeds": i.n, "low": i.low, "high": i.high, "difference": (i.low + i.high) / 2}
+                         for i in interval_path(best, other, design)], columns=["seeds", "low", "high", "difference"])
+    stop = (log.get("stopped") or {}).get("seeds") if log else None
+    title = f"{verdict.best} − {verdict.runner_up}"
+    return ("<h3>Anytime-valid interval, seed by seed</h3>"
+            + _figure_html(plot_anytime_path(path, stop=stop, title=title)))
 
 
 def _best_configuration_runs(records, study, scientific, summary) -> list[dict[str, Any]]:

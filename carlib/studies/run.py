@@ -7,13 +7,15 @@ from typing import Any
 
 import pandas as pd
 
+from carlib.base.project_files import default_results_dir
 from carlib.config import PARAMETER_NAMES, ExperimentConfig, check_known
 from carlib.data.folders import list_class_images, prepare_data, sample_images
 from carlib.errors import ConfigError
 from carlib.records.store import load_results
 from carlib.studies.specs import get_study
 from carlib.studies.aggregate import summarize_with
-from carlib.studies.stats import MIN_EFFECT, Verdict, compare_top_two
+from carlib.studies.stats import MIN_EFFECT, Verdict
+from carlib.studies.study_log import verdict_in_store
 
 __all__ = ["run_study", "study_config", "study_summary", "study_verdict", "augmentation_samples"]
 
@@ -58,11 +60,17 @@ def study_summary(study: str, results_dir: str | None = None, *, aggregate: str 
 
 
 def study_verdict(study: str, results_dir: str | None = None, *, min_effect: float = MIN_EFFECT) -> Verdict:
-    """Is the study's best configuration better than the runner-up? A paired verdict on the study's primary metric
-    (:func:`carlib.studies.stats.compare_top_two`), with a seed plan sized for ``min_effect``."""
+    """Is the study's best configuration better than the others? A verdict on the study's primary metric
+    (:func:`carlib.studies.stats.compare_top_two`), with a seed plan sized for ``min_effect``.
+
+    A study run ``--until-decisive`` (a log in ``<results_dir>/sequential/``) is decided on its
+    anytime-valid intervals, and the message ends with why it stopped; a fixed-n study holding more seeds
+    than its sweep planned is marked as read again (:mod:`carlib.studies.study_log`).
+    """
     spec = get_study(study)
-    return compare_top_two(load_results(results_dir, study=study), spec.scientific, spec.metric,
-                           min_effect=min_effect)
+    store = results_dir if results_dir is not None else default_results_dir()
+    return verdict_in_store(load_results(results_dir, study=study), spec.scientific, spec.metric, store,
+                            min_effect=min_effect)
 
 
 def augmentation_samples(augmentation: str, *, data_dir: str | None = None, image_size: int = 64,

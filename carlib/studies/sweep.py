@@ -42,13 +42,14 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 
 from carlib.base.devices import visible_gpus
 from carlib.base.project_files import default_results_dir, resolve_project_file
+from carlib.base.registry import Registry
 from carlib.base.yaml_files import load_yaml_mapping
 from carlib.config import ExperimentConfig, check_known
 from carlib.errors import ConfigError
@@ -56,13 +57,13 @@ from carlib.records.store import ResultsStore
 from carlib.studies.local_engine import finished_trial_ids, run_local
 from carlib.studies.parameters import STUDY_PARAMETERS
 from carlib.studies.ray_engine import import_ray, run_ray
+from carlib.studies.study_log import write_plan
 from carlib.studies.trials import KERNEL_START_TIMEOUT_S, SweepReport, Trial, gpu_slots
 
-__all__ = ["SweepSpec", "Trial", "SweepReport", "ENGINES", "KERNEL_START_TIMEOUT_S", "load_sweep", "expand_trials",
-           "run_sweep", "parse_shard", "check_kernel"]
+__all__ = ["SweepSpec", "Trial", "SweepReport", "ENGINES", "varying_parameters", "SweepEngine", "EngineOptions", "KERNEL_START_TIMEOUT_S",
+           "load_sweep", "sweep_key", "expand_trials", "run_sweep", "run_batch", "check_engine", "parse_shard", "check_kernel"]
 
 _SWEEP_KEYS = ("notebook", "study", "base", "arms", "grid", "seeds", "description")
-ENGINES = ("local", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,11 +141,28 @@ def load_sweep(path: str | os.PathLike, base_overrides: Mapping[str, Any] | None
     return spec
 
 
+def sweep_key(spec: SweepSpec) -> str:
+    """A short hash of what makes a sweep's study: its arms, grid and fixed parameters (not the seeds)."""
+    shape = {"base": spec.base, "grid": spec.grid, **({"arms": list(spec.arms)} if spec.arms != ({},) else {})}
+    canonical = json.dumps(shape, sort_keys=True, default=str)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
 def trial_id_for(study: str, params: dict[str, Any]) -> str:
     """A stable id for a trial: the study and a hash of its parameters (results_dir excluded)."""
     canonical = json.dumps({k: v for k, v in params.items() if k not in ("results_dir", "trial_id")},
                            sort_keys=True, default=str)
     return f"{study}-{hashlib.sha1(canonical.encode()).hexdigest()[:12]}"
+
+
+def varying_parameters(spec: SweepSpec) -> list[str]:
+    """The parameters that tell the sweep's configurations apart: grid keys with several values, then the keys whose
+    value differs between arms (an arm that leaves one out has the base's value)."""
+    varying = [key for key, values in spec.grid.items() if len(values) > 1]
+    for key in dict.fromkeys(key for arm in spec.arms for key in arm):
+        if key not in varying and len({repr(arm.get(key, spec.base.get(key))) for arm in spec.arms}) > 1:
+            varying.append(key)
+    return varying
 
 
 def expand_trials(spec: SweepSpec) -> list[Trial]:
@@ -247,6 +265,88 @@ def check_kernel(kernel: str) -> str:
     return program
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """How a sweep's trials run: the options of ``carlib sweep`` that engines read (see :func:`run_sweep`)."""
+
+    kernel: str = "python3"
+    workers: int | None = None
+    gpus: Sequence[str] | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1
+    retries: int = 1
+    address: str | None = None
+    machine_gpus: Sequence[str] | None = None
+
+
+# An engine's ``prepare`` checks the options before any trial starts and returns the function that runs a batch
+# of trials: run(todo, notebook, store, report, on_done).
+RunTrials = Callable[[Sequence[Trial], Path, ResultsStore, SweepReport, Callable[[str, str], None]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepEngine:
+    """A way to run a sweep's trials: ``check(options)`` rejects options it cannot use (before anything, even a dry
+    run); ``prepare(options)`` makes ready (GPU slots, Ray's presence) and returns the runner."""
+
+    description: str
+    check: Callable[[EngineOptions], None]
+    prepare: Callable[[EngineOptions], RunTrials]
+
+
+def _check_local(options: EngineOptions) -> None:
+    if options.address:
+        raise ConfigError("--address is the Ray cluster to join: it needs --engine ray.")
+
+
+def _check_ray(options: EngineOptions) -> None:
+    if options.gpus:
+        raise ConfigError("--gpus picks GPUs for the local engine; with --engine ray, Ray assigns them "
+                          "(--gpus-per-trial says how many each trial gets).")
+
+
+def _prepare_local(options: EngineOptions) -> RunTrials:
+    slots = gpu_slots(options.workers or 1, gpus=options.gpus, gpus_per_trial=options.gpus_per_trial,
+                      machine_gpus=visible_gpus() if options.machine_gpus is None else options.machine_gpus)
+
+    def run(todo, notebook, store, report, on_done):
+        run_local(todo, notebook, store, report, kernel=options.kernel, slots=slots, retries=options.retries,
+                  on_done=on_done)
+    return run
+
+
+def _prepare_ray(options: EngineOptions) -> RunTrials:
+    import_ray()  # without Ray installed: one line saying how to install it, before any trial
+
+    def run(todo, notebook, store, report, on_done):
+        if todo:
+            run_ray(todo, notebook, store, report, kernel=options.kernel, address=options.address,
+                    workers=options.workers, gpus_per_trial=options.gpus_per_trial,
+                    cpus_per_trial=options.cpus_per_trial, retries=options.retries, on_done=on_done)
+    return run
+
+
+ENGINES: Registry[SweepEngine] = Registry("sweep engine", "add one with carlib.studies.sweep.ENGINES.register(name, "
+                                                          "SweepEngine(description, check, prepare))")
+ENGINES.register("local", SweepEngine("processes of this machine, --workers at a time", _check_local,
+                                      _prepare_local))
+ENGINES.register("ray", SweepEngine("one Ray task per trial, on a private instance or a cluster", _check_ray,
+                                    _prepare_ray))
+
+
+def check_engine(engine: str, options: EngineOptions) -> SweepEngine:
+    """The engine named ``engine`` once ``options`` passed its checks (an unknown name or a bad option fails here)."""
+    chosen = ENGINES.get(engine)
+    if options.workers is not None and options.workers < 1:
+        raise ConfigError(f"workers={options.workers!r} is out of range: expected an integer >= 1.")
+    if options.retries < 0:
+        raise ConfigError(f"retries={options.retries!r} is out of range: expected an integer >= 0.")
+    if options.cpus_per_trial <= 0:
+        raise ConfigError(f"cpus_per_trial={options.cpus_per_trial!r} is out of range: expected a positive number.")
+    chosen.check(options)
+    return chosen
+
+
 def run_sweep(sweep: str | os.PathLike | SweepSpec, *, results_dir: str | os.PathLike | None = None,
               workers: int | None = None, gpus: Sequence[str] | None = None,
               shard: str | tuple[int, int] | None = None, kernel: str = "python3", progress: bool = True,
@@ -263,22 +363,12 @@ def run_sweep(sweep: str | os.PathLike | SweepSpec, *, results_dir: str | os.Pat
     ``workers`` at once, each with ``gpus_per_trial`` GPUs and ``cpus_per_trial`` CPUs. A trial whose
     process dies is retried up to ``retries`` times on either engine. ``shard``: ``"i/n"``, ``(i, n)`` or
     ``"auto"`` (:func:`parse_shard`). ``dry_run``: run nothing; the report lists this shard's trials and
-    which are finished.
+    which are finished. Engines are registered in :data:`ENGINES`.
     """
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
-    if engine not in ENGINES:
-        raise ConfigError(f"engine={engine!r}: expected one of {', '.join(ENGINES)}.")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers={workers!r} is out of range: expected an integer >= 1.")
-    if retries < 0:
-        raise ConfigError(f"retries={retries!r} is out of range: expected an integer >= 0.")
-    if cpus_per_trial <= 0:
-        raise ConfigError(f"cpus_per_trial={cpus_per_trial!r} is out of range: expected a positive number.")
-    if engine == "local" and address:
-        raise ConfigError("--address is the Ray cluster to join: it needs --engine ray.")
-    if engine == "ray" and gpus:
-        raise ConfigError("--gpus picks GPUs for the local engine; with --engine ray, Ray assigns them "
-                          "(--gpus-per-trial says how many each trial gets).")
+    options = EngineOptions(kernel=kernel, workers=workers, gpus=gpus, gpus_per_trial=gpus_per_trial,
+                            cpus_per_trial=cpus_per_trial, retries=retries, address=address, machine_gpus=machine_gpus)
+    chosen = check_engine(engine, options)  # before the shard and the store: a typo fails first
     index, count = shard if isinstance(shard, tuple) else parse_shard(shard)
     store = ResultsStore(results_dir or default_results_dir())
     trials = sorted(expand_trials(spec), key=lambda t: t.trial_id)[index - 1::count]
@@ -287,15 +377,18 @@ def run_sweep(sweep: str | os.PathLike | SweepSpec, *, results_dir: str | os.Pat
     todo = [t for t in trials if t.trial_id not in done]
     if dry_run:
         return report
-    if engine == "local":  # GPU safety before anything starts
-        slots = gpu_slots(workers or 1, gpus=gpus, gpus_per_trial=gpus_per_trial,
-                          machine_gpus=visible_gpus() if machine_gpus is None else machine_gpus)
-    else:
-        import_ray()  # without Ray installed: one line saying how to install it, before any trial
+    run_trials = chosen.prepare(options)  # GPU safety and Ray's presence before anything starts
+    write_plan(store.root, spec.study, sweep_key(spec), spec.seeds)  # a verdict on more seeds is a re-read
+    run_batch(run_trials, todo, spec, store, report, kernel=kernel, progress=progress, total=len(trials))
+    return report
+
+
+def run_batch(run_trials: RunTrials, todo: Sequence[Trial], spec: SweepSpec, store: ResultsStore,
+              report: SweepReport, *, kernel: str, progress: bool, total: int, label: str = "") -> None:
+    """Run ``todo`` with an engine's runner behind a progress bar (the kernel is checked first when there is work)."""
     if todo:
         check_kernel(kernel)  # a missing kernel fails here, not once per trial in the logs
-
-    bar = tqdm(total=len(trials), initial=len(report.skipped), desc=f"sweep {spec.study}", unit="trial",
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"sweep {spec.study}{label}", unit="trial",
                disable=not progress)
 
     def on_done(trial_id: str, outcome: str) -> None:
@@ -303,11 +396,6 @@ def run_sweep(sweep: str | os.PathLike | SweepSpec, *, results_dir: str | os.Pat
         bar.set_postfix(failed=len(report.failed))
 
     try:
-        if engine == "local":
-            run_local(todo, spec.notebook, store, report, kernel=kernel, slots=slots, retries=retries, on_done=on_done)
-        elif todo:
-            run_ray(todo, spec.notebook, store, report, kernel=kernel, address=address, workers=workers,
-                    gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, retries=retries, on_done=on_done)
+        run_trials(todo, spec.notebook, store, report, on_done)
     finally:
         bar.close()
-    return report

@@ -102,6 +102,8 @@ def test_recipe_benchmark_returns_every_figure(class_folders, results_dir, tmp_p
     ({"baseline_epochs": 0}, r"baseline_epochs=0 is out of range"),
     ({"baseline_image_size": 16}, r"baseline_image_size=16 is out of range"),
     ({"recipe": {"learning_rate": 1e-3}}, r"unknown parameter 'learning_rate'. Did you mean 'lr'"),
+    # issue 22: the CPU recipe was chosen on seeds 0-2; confirming it there would measure the winner's curse
+    ({"seed": 1, "seeds": 3}, r"seed\(s\) \[1, 2\] chose the CPU recipe .* pass --seed 3 or later"),
 ])
 def test_bad_arguments_fail_before_any_training(kwargs, message, results_dir):
     with pytest.raises(ConfigError, match=message):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
-from carlib.bench.verdicts import FALSE_TARGET, simulate_cell
+import numpy as np
+
+from carlib.bench.verdicts import FALSE_TARGET, _scores, sequential_study, simulate_cell
 from carlib.cli import main
+from carlib.studies.sequential import SequentialDesign
+from carlib.studies.stats import decide
 
 
 def test_the_command_prints_one_json_line_per_cell_with_targets(capsys):
@@ -39,3 +43,36 @@ def test_bad_arguments_are_one_line(capsys):
     assert capsys.readouterr().err == "carlib: error: simulations=0: expected an integer >= 1 (e.g. 2000).\n"
     assert main(["bench", "verdicts", "--rho", "1.5"]) == 2
     assert "rho in [0, 1)" in capsys.readouterr().err
+
+
+def test_the_sequential_bench_keeps_the_keys_and_adds_noise_and_seeds(capsys):
+    assert main(["bench", "verdicts", "--sequential", "--json", "--simulations", "150", "--k", "2", "--rho", "0",
+                 "--noise", "normal", "heavy"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    cells = [line for line in lines if line["figure"] == "verdicts"]
+    assert [(c["k"], c["rho"], c["noise"]) for c in cells] == [(2, 0.0, "normal"), (2, 0.0, "heavy")]
+    for key in ("false_verdict_rate", "false_verdict_se", "false_verdict_upper95", "power", "mean_seeds"):
+        assert key in cells[0]
+    assert cells[0]["power_target"] == 0.8 and cells[1]["power_target"] is None
+    assert cells[0]["false_verdict_upper95"] > cells[0]["false_verdict_rate"]
+    spent = {line["effect_sd"]: line for line in lines if line["figure"] == "seeds_spent"}
+    assert sorted(spent) == [0.0, 0.5, 1.0, 2.0] and spent[2.0]["share_target"] == 0.5
+    assert spent[2.0]["mean_seeds"] < spent[0.5]["mean_seeds"] <= 20
+
+
+def test_optional_stopping_breaks_the_fixed_n_test_and_not_the_sequential_one():
+    """The audit's finding, reproduced: stop at the first p < 0.05 from 2 to 10 seeds; the sequential verdict holds."""
+    rng = np.random.default_rng(8)
+    design = SequentialDesign(horizon=10)
+    fixed_false = sequential_false = 0
+    for _ in range(400):
+        scores = _scores(rng, 2, 10, 0.0, 0.0, "normal")
+        fixed_false += any(decide({f"c{c}": dict(enumerate(scores[c, :n])) for c in range(2)}, plan=False).decisive
+                           for n in range(2, 11))
+        sequential_false += sequential_study(scores, design)[0] is not None
+    assert fixed_false / 400 > 0.12 and sequential_false / 400 < 0.06
+
+
+def test_sequential_bad_arguments_are_one_line(capsys):
+    assert main(["bench", "verdicts", "--sequential", "--n", "3"]) == 2
+    assert "with --sequential a study reads after every seed" in capsys.readouterr().err

@@ -12,7 +12,8 @@ from scipy import stats as scipy_stats
 
 import carlib
 from carlib.errors import CarlibWarning
-from carlib.studies.stats import compare_top_two, decide, deduplicate, seeds_needed, summarize
+from carlib.studies.stats import (PLAN_CONFIDENCE, compare_top_two, decide, deduplicate, seeds_needed,
+                                  spread_upper_bound, summarize)
 
 METRIC = "test_accuracy_best"
 
@@ -73,7 +74,7 @@ def test_paired_verdict_matches_scipy_on_random_data(seed):
     assert verdict.test == "paired t-test" and verdict.n_pairs == n
     assert verdict.p_value == pytest.approx(scipy_stats.ttest_rel(best, other).pvalue, rel=1e-9)
     low, high = scipy_stats.t.interval(0.95, n - 1, loc=d.mean(), scale=scipy_stats.sem(d))
-    assert verdict.ci95 == pytest.approx((low, high), rel=1e-9)
+    assert verdict.interval == pytest.approx((low, high), rel=1e-9)
     assert verdict.difference == pytest.approx(d.mean())
     assert verdict.decisive == (verdict.p_value < 0.05)
 
@@ -88,7 +89,7 @@ def test_welch_verdict_matches_scipy_when_the_seeds_differ(seed):
     assert verdict.test == "Welch's t-test" and verdict.n_pairs == 0
     assert verdict.p_value == pytest.approx(result.pvalue, rel=1e-9)
     low, high = result.confidence_interval(0.95)
-    assert verdict.ci95 == pytest.approx((low, high), rel=1e-9)
+    assert verdict.interval == pytest.approx((low, high), rel=1e-9)
     # a Student's t-test gives another p-value: the test must be Welch's
     if abs(best.var(ddof=1) - other.var(ddof=1)) > 1e-6 and len(best) != len(other):
         assert verdict.p_value != pytest.approx(scipy_stats.ttest_ind(best, other).pvalue, rel=1e-6)
@@ -105,7 +106,7 @@ def test_alpha_decides_where_the_line_is():
 def test_inconclusive_reads_as_an_interval_never_as_equal():
     verdict = compare_top_two(_frame({0.001: [0.70, 0.66, 0.73], 0.01: [0.68, 0.71, 0.65]}), ["lr"])
     assert verdict.decisive is False
-    low, high = verdict.ci95
+    low, high = verdict.interval
     assert low < 0 < high
     assert verdict.message.startswith(f"inconclusive: the difference lr=0.001 − lr=0.01 lies between {low:+.4f} and "
                                       f"{high:+.4f}")
@@ -127,7 +128,7 @@ def test_zero_variance_differences_never_declare_a_winner_by_accident():
     assert identical.test == "sign test" and identical.p_value == 1.0 and identical.decisive is False
     constant = decide({"A": {s: 0.71 + s / 100 for s in range(3)}, "B": {s: 0.70 + s / 100 for s in range(3)}})
     assert constant.test == "sign test" and constant.p_value == pytest.approx(0.25) and constant.decisive is False
-    assert constant.ci95 == pytest.approx((0.01, 0.01))
+    assert constant.interval == pytest.approx((0.01, 0.01))
     assert constant.message.startswith("inconclusive: A − B = +0.0100 on every one of 3 seeds")
     six = decide({"A": {s: 0.71 + s / 100 for s in range(6)}, "B": {s: 0.70 + s / 100 for s in range(6)}})
     assert six.p_value == pytest.approx(2 * 0.5 ** 6) and six.decisive is True  # 6 of 6 the same way: evidence
@@ -191,7 +192,7 @@ def test_seed_plan_matches_a_simulation_of_the_paired_test():
 def test_the_verdict_states_the_plan_for_the_min_effect():
     verdict = compare_top_two(_frame({0.001: [0.70, 0.66, 0.73], 0.01: [0.68, 0.71, 0.65]}), ["lr"], min_effect=0.05)
     spread = np.std(np.array([0.70, 0.66, 0.73]) - np.array([0.68, 0.71, 0.65]), ddof=1)
-    assert verdict.seeds_needed == seeds_needed(spread, 0.05)
+    assert verdict.seeds_needed == seeds_needed(spread_upper_bound(spread, 2), 0.05)  # the bound, not the estimate
     assert f"{verdict.seeds_needed} seeds per configuration would detect a difference of 0.05" in verdict.message
 
 
@@ -200,8 +201,25 @@ def test_the_seed_plan_is_sized_for_the_verdicts_alpha():
     values = {"A": {0: 0.70, 1: 0.75, 2: 0.72}, "B": {0: 0.66, 1: 0.74, 2: 0.70}}
     spread = np.std(np.array([0.70, 0.75, 0.72]) - np.array([0.66, 0.74, 0.70]), ddof=1)
     strict = decide(values, alpha=0.01)
-    assert strict.seeds_needed == seeds_needed(spread, alpha=0.01) > seeds_needed(spread)
+    upper = spread_upper_bound(spread, 2)
+    assert strict.seeds_needed == seeds_needed(upper, alpha=0.01) > seeds_needed(upper)
     assert "adding seeds until p < 0.01 inflates" in strict.message
+
+def test_a_plan_from_a_three_seed_pilot_keeps_its_power_promise():
+    """Issue 22: planned from the pilot's spread itself, "80 % power" is about 65 %; from its upper bound, >= 80 %."""
+    rng = np.random.default_rng(3)
+    effect, spread = 1.0, 1.0
+
+    def true_power(n: int) -> float:
+        critical = scipy_stats.t.isf(0.025, n - 1)
+        return float(scipy_stats.nct.sf(critical, n - 1, effect * math.sqrt(n) / spread))
+
+    pilots = rng.normal(0, spread, (300, 3)).std(axis=1, ddof=1)
+    from_bound = np.mean([true_power(seeds_needed(spread_upper_bound(s, 2), effect)) for s in pilots])
+    from_estimate = np.mean([true_power(seeds_needed(s, effect)) for s in pilots])
+    assert from_bound >= 0.8 > 0.7 > from_estimate
+    assert spread_upper_bound(1.0, 2) == pytest.approx(math.sqrt(2 / scipy_stats.chi2.ppf(1 - PLAN_CONFIDENCE, 2)))
+
 
 # ----------------------------------------------------------------------------- A/A
 def test_a_a_simulation_rate_is_pinned():
@@ -227,7 +245,7 @@ def test_a_a_check_identical_configurations_are_not_distinguishable(fast_config)
         verdict = compare_top_two(table, ["study"])
     assert verdict.n_best == 3 and verdict.n_runner_up == 3 and verdict.n_pairs == 3
     assert verdict.decisive is False, verdict.message
-    low, high = verdict.ci95
+    low, high = verdict.interval
     assert low <= 0 <= high  # identical runs: the interval contains 0 (here the runs are bit-for-bit the same)
 
 
@@ -240,3 +258,58 @@ def test_a_configuration_with_a_none_parameter_keeps_its_runs_and_reads_none():
     summary = summarize(frame, ["backbone", "weights"], "accuracy")
     assert list(summary["n"]) == [3, 3] and summary["mean"].iloc[0] == pytest.approx(0.83)
     assert "weights=imagenet beats weights=None" in compare_top_two(frame, ["backbone", "weights"], "accuracy").message
+
+
+# ----------------------------------------------------------------------------- issue 22, item 5
+def test_a_constant_image_count_difference_in_float32_is_a_sign_test():
+    """Two images better on each of two seeds, stored as float32 accuracies: a constant difference, not p=1e-6."""
+    n_test = 300
+    correct = {0: 150, 1: 215}  # images B classifies correctly on each seed; A gets two more
+    a = {seed: float(np.float32((count + 2) / n_test)) for seed, count in correct.items()}
+    b = {seed: float(np.float32(count / n_test)) for seed, count in correct.items()}
+    assert len({a[s] - b[s] for s in a}) == 2  # the float32 values do differ in their last bits
+    verdict = decide({"A": a, "B": b}, n_images=n_test)
+    assert verdict.test == "sign test" and verdict.p_value == pytest.approx(0.5) and verdict.decisive is False
+    # without the image count, float32 rounding (~1e-7) is still not taken for a spread
+    assert decide({"A": a, "B": b}).test == "sign test"
+    frame = _frame({0.01: list(a.values()), 0.001: list(b.values())}).assign(n_test=n_test)
+    assert compare_top_two(frame, ["lr"]).test == "sign test"
+
+
+def test_differences_of_distinct_image_counts_are_a_t_test():
+    n_test = 300
+    a = {seed: (200 + 7 * seed + 2 + seed) / n_test for seed in range(3)}
+    b = {seed: (200 + 7 * seed) / n_test for seed in range(3)}
+    assert decide({"A": a, "B": b}, n_images=n_test).test == "paired t-test"
+
+
+@pytest.mark.parametrize("alpha", [0.20, 0.10, 0.01])
+def test_the_interval_level_follows_alpha(alpha):
+    """At alpha 0.20 (p = 0.118) a decisive verdict must not print a 95 % interval that contains 0."""
+    values = {"A": {0: 0.70, 1: 0.75, 2: 0.72}, "B": {0: 0.66, 1: 0.74, 2: 0.70}}
+    d = np.array([0.04, 0.01, 0.02])
+    verdict = decide(values, alpha=alpha)
+    low, high = scipy_stats.t.interval(1 - alpha, 2, loc=d.mean(), scale=scipy_stats.sem(d))
+    assert verdict.interval == pytest.approx((low, high), rel=1e-9) and verdict.level == pytest.approx(1 - alpha)
+    assert verdict.decisive == (low > 0)
+    assert f"{100 * (1 - alpha):.3g} % CI" in verdict.message
+
+
+def test_the_best_is_chosen_on_validation_and_reported_on_test():
+    """Issue 22, item 4: the test images report the winner's lead; they do not pick the winner."""
+    frame = _frame({0.1: [0.80, 0.70, 0.75], 0.01: [0.78, 0.69, 0.74], 0.001: [0.5, 0.4, 0.45]})
+    frame["val_accuracy_best"] = frame["lr"].map({0.1: 0.60, 0.01: 0.70, 0.001: 0.30})  # validation prefers 0.01
+    verdict = compare_top_two(frame, ["lr"])
+    assert verdict.best == "lr=0.01" and verdict.difference < 0  # its test lead over lr=0.1 is reported as it is
+    assert "Chosen on val_accuracy_best, reported on test_accuracy_best" in verdict.message
+    assert "Winner's curse" not in verdict.message and verdict.shrunken_difference is None
+
+
+def test_chosen_on_the_test_metric_the_winners_curse_is_a_shrunken_number():
+    values = {"A": {0: 0.80, 1: 0.70, 2: 0.75}, "B": {0: 0.78, 1: 0.69, 2: 0.74}, "C": {0: 0.79, 1: 0.70, 2: 0.73}}
+    verdict = decide(values)
+    assert 0 <= verdict.shrunken_difference < verdict.difference
+    assert f"its lead over C is {verdict.shrunken_difference:+.4f}, not {verdict.difference:+.4f}" in verdict.message
+    spread_out = decide({"A": {0: 0.9, 1: 0.91, 2: 0.92}, "B": {0: 0.6, 1: 0.61, 2: 0.62},
+                         "C": {0: 0.3, 1: 0.31, 2: 0.32}})
+    assert spread_out.shrunken_difference == pytest.approx(spread_out.difference, rel=0.01)  # real spread: no shrink
