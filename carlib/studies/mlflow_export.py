@@ -225,8 +225,8 @@ class _Exporter:
         figures = {"n_runs": len(records), "n_failed": sum(r.get("status") != "ok" for r in records),
                    "verdict_difference": verdict.difference, "verdict_p_value": verdict.p_value,
                    "verdict_decisive": verdict.decisive, "verdict_n_pairs": verdict.n_pairs,
-                   **({"verdict_ci95_low": verdict.ci95[0], "verdict_ci95_high": verdict.ci95[1]} if verdict.ci95
-                      else {}),
+                   **({"verdict_interval_low": verdict.interval[0], "verdict_interval_high": verdict.interval[1],
+                       "verdict_interval_level": verdict.level} if verdict.interval else {}),
                    **({"best_mean": float(summary["mean"].iloc[0])} if len(summary) else {})}
         tags = {"carlib_verdict": _text(verdict.message, 8000), "carlib_verdict_best": str(verdict.best),
                 "carlib_verdict_runner_up": str(verdict.runner_up), "carlib_verdict_test": str(verdict.test),

@@ -81,7 +81,7 @@ def test_a_killed_study_resumes_stops_decisive_says_why_and_never_decides_twice(
 
 def test_until_decisive_needs_two_configurations_and_sane_limits(write_sweep, tmp_path):
     single = write_sweep(grid={"lr": [1e-3]})
-    with pytest.raises(ConfigError, match="compares configurations; its grid has one"):
+    with pytest.raises(ConfigError, match="compares configurations; its grid and arms make one"):
         run_until_decisive(single, results_dir=tmp_path / "r")
     with pytest.raises(ConfigError, match="max_seeds=1: expected an integer >= 2"):
         run_until_decisive(write_sweep(), max_seeds=1, results_dir=tmp_path / "r")
