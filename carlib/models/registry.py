@@ -12,7 +12,7 @@ No TensorFlow is imported here: the built-in builders import Keras when they bui
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from carlib.base.registry import Registry
 from carlib.errors import ConfigError
