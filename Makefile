@@ -36,15 +36,22 @@ $(STAMP): pyproject.toml requirements.lock
 data: install
 	$(PY) -m carlib data generate
 
+# The tests run in TEST_WORKERS processes (pytest-xdist), each test file in one of them (--dist loadfile: a file's
+# module fixtures are built once, and the Ray tests never start two clusters at once). Most tests spend their time in
+# one Python thread building and tracing small models, so a second process on a second core nearly halves the suite.
+# TEST_WORKERS=0 runs them in this process (what a debugger wants).
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 unit-test: install
-	$(PY) -m pytest tests/
+	$(PY) -m pytest $(XDIST) tests/
 
 # nbval runs each notebook in its own folder with its default (tiny) parameters, in this
 # interpreter's environment; its results go to an ignored folder, not notebooks/. A kernel may take
 # minutes to start on a busy 2-core machine: nbval waits up to KERNEL_START_TIMEOUT seconds.
 KERNEL_START_TIMEOUT := 600
 notebook-test: install
-	CARLIB_RESULTS_DIR=$(abspath $(BUILD))/nbval-results $(PY) -m pytest --nbval-lax --nbval-current-env \
+	CARLIB_RESULTS_DIR=$(abspath $(BUILD))/nbval-results $(PY) -m pytest $(XDIST) --nbval-lax --nbval-current-env \
 	  --nbval-kernel-startup-timeout $(KERNEL_START_TIMEOUT) notebooks/
 
 test: unit-test notebook-test
