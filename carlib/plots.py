@@ -13,6 +13,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
+from carlib.errors import ConfigError
+
 __all__ = ["plot_learning_curves", "plot_summary", "plot_anytime_path", "plot_tradeoff", "plot_augmentation_gallery",
            "plot_confusion_matrix", "plot_mistakes", "plot_resolution_curve", "plot_tta_grid", "plot_tta_spread",
            "plot_lr_find"]
@@ -126,19 +128,37 @@ def plot_anytime_path(path: pd.DataFrame, *, stop: int | None = None, title: str
     return figure
 
 
-def plot_tradeoff(summary: pd.DataFrame, *, x: str = "train_images_per_s_mean", y: str = "mean") -> Figure:
+def plot_tradeoff(summary: pd.DataFrame, *, x: str = "train_images_per_s_mean", y: str = "mean",
+                  error: str | None = "std", labels: Sequence[str] | None = None, target: float | None = None,
+                  budget: float | None = None, log_x: bool = True) -> Figure:
     """Scatter of a summary's configurations: accuracy (``y``) against a cost such as throughput or CPU seconds
-    (``x``, e.g. ``cpu_s_mean``)."""
-    figure = Figure(figsize=(6, 4), layout="constrained")
+    (``x``, e.g. ``cpu_s_mean``), so a trade between them is visible.
+
+    ``error``: the summary column drawn as a vertical error bar (the spread across seeds; ``None``: none).
+    ``labels``: one name per row instead of the configuration's values. ``target`` draws the accuracy a study aims
+    at as a horizontal line, ``budget`` the cost it may spend as a vertical one (e.g. 3× a baseline's CPU seconds).
+    """
+    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = figure.subplots()
     if summary.empty or x not in summary:
         ax.text(0.5, 0.5, f"no finished runs with {x} yet", ha="center", va="center")
         return figure
-    ax.scatter(summary[x], summary[y], color="C1")
-    for label, xv, yv in zip(_config_labels(summary), summary[x], summary[y]):
-        ax.annotate(label.replace("\n", " @ "), (xv, yv), fontsize="small", xytext=(4, 4), textcoords="offset points")
+    names = list(labels) if labels is not None else [label.replace("\n", " @ ") for label in _config_labels(summary)]
+    if len(names) != len(summary):
+        raise ConfigError(f"labels: {len(names)} names for {len(summary)} configurations; give one per row.")
+    spread = summary[error] if error and error in summary else None
+    ax.errorbar(summary[x], summary[y], yerr=spread, fmt="o", color="C1", ecolor="C1", capsize=3)
+    for name, xv, yv in zip(names, summary[x], summary[y]):
+        ax.annotate(name, (xv, yv), fontsize="small", xytext=(5, 5), textcoords="offset points")
+    if target is not None:
+        ax.axhline(target, color="C2", linestyle="--", linewidth=1, label=f"target {target:g}")
+    if budget is not None:
+        ax.axvline(budget, color="C3", linestyle=":", linewidth=1, label=f"budget {budget:,.0f}")
+    if target is not None or budget is not None:
+        ax.legend(loc="lower right", fontsize="small")
     metric = summary.attrs.get("metric", "accuracy")  # the figure the summary was made for
-    ax.set(xlabel=x, ylabel=f"{metric} ({y} over seeds)", xscale="log")
+    bars = f", bars: ±1 {error}" if spread is not None else ""
+    ax.set(xlabel=x, ylabel=f"{metric} ({y} over seeds{bars})", xscale="log" if log_x else "linear")
     return figure
 
 
