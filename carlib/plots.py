@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
+from carlib.base.values import shown_value
 from carlib.errors import ConfigError
 
 __all__ = ["plot_learning_curves", "plot_summary", "plot_anytime_path", "plot_tradeoff", "plot_augmentation_gallery",
@@ -69,8 +70,7 @@ def _config_labels(summary: pd.DataFrame) -> list[str]:
     labels = []
     for key in summary.index:
         key = key if isinstance(key, tuple) else (key,)
-        labels.append("\n".join("None" if v is None or v != v else f"{v:g}" if isinstance(v, float) else str(v)
-                                for v in key))  # v != v: NaN, a None in the table
+        labels.append("\n".join(shown_value(v) for v in key))
     return labels if names else [str(i) for i in summary.index]
 
 

@@ -21,8 +21,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "carlib"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("base", "plots"),
-    ("models", "data"),
+    ("base",),
+    ("models", "data", "plots"),
     ("config",),
     ("records",),
     ("evaluate",),

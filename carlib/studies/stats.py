@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import stats
 
 from carlib.config import PARAMETER_NAMES
+from carlib.base.values import shown_value
 from carlib.errors import CarlibWarning
 from carlib.studies.sequential import (HORIZON, AnytimeInterval, LeaderComparison, SequentialDesign,
                                        compare_with_leader, stopping_seeds)
@@ -60,14 +61,7 @@ _NOT_TRIAL = {"results_dir", "trial_id"}
 def config_label(by: Sequence[str], key) -> str:
     """A configuration's name in summaries and verdicts: ``lr=0.001, schedule=cosine`` for ``by`` and its values."""
     key = key if isinstance(key, tuple) else (key,)
-    return ", ".join(f"{name}={_shown(value)}" for name, value in zip(by, key))
-
-
-def _shown(value) -> str:
-    """A parameter's value as a person wrote it: None where the table holds NaN (weights None), floats short."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "None"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return ", ".join(f"{name}={shown_value(value)}" for name, value in zip(by, key))
 
 
 def deduplicate(frame: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
