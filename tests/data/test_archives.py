@@ -132,6 +132,8 @@ def test_concurrent_extractions_of_one_archive(tmp_path):
     "evil",
     ["../evil.txt", "train/../../evil.txt", f"/tmp/carlib-evil-{uuid.uuid4().hex}.txt", "..\\evil.txt",
      "C:\\evil.txt", "C:/evil.txt"],
+    # stable ids: the absolute path is unique per process, and pytest-xdist's workers must collect the same tests
+    ids=["parent", "nested-parent", "absolute", "backslash-parent", "drive-backslash", "drive-slash"],
 )
 def test_unsafe_member_is_refused_and_nothing_is_written(tmp_path, evil):
     archive = make_zip(tmp_path / "src" / "bad.zip",
