@@ -61,7 +61,7 @@ step feed "$python" -m carlib bench feed --json --feed-backbone efficientnet_b0 
 cat >"$out/sweep.yaml" <<EOF
 description: gpu_check - two Ray trials, $gpus_per_trial GPU each
 notebook: $here/notebooks/backbone_study.ipynb
-study: gpu_check_sweep
+study: backbone_study   # a known study: the notebook's summary needs its spec
 base: {backbone: efficientnet_lite0, image_size: $size, epochs: $epochs, finetune: two_stage, head_epochs: $head,
        mixed_precision: $precision}
 grid: {lr: [1.0e-3, 3.0e-4]}
@@ -111,7 +111,7 @@ for figure in feed:
                  figure["figure"], f"{figure['value']:.3g}", "-", figure.get("gpus") or "-", status("feed")))
 if not feed:
     rows.append(("feed", "efficientnet_b0", "-", "-", "-", "-", "-", "-", status("feed")))
-trials = [r for r in records if r["study"] == "gpu_check_sweep"]
+trials = [r for r in records if r["study"] == "backbone_study"]
 for record in trials:
     run_row("ray", record)
 if len(trials) < 2:
