@@ -59,5 +59,5 @@ def aggregate_note(aggregate: str) -> str:
     what = {"mean": "the mean across seeds", "median": "the median across seeds",
             "worst": "the worst seed (the minimum across seeds)"}[check_aggregate(aggregate)]
     return (f"aggregate: {aggregate}: the summary ranks configurations by {what}; the verdict is the same whatever "
-            "the aggregate: it compares means, the best chosen on validation where every run has it, with a paired test "
-            "on the mean of their per-seed differences.")
+            "the aggregate: it compares means, the best chosen on validation where every run has it, with a paired "
+            "test on the mean of their per-seed differences.")
