@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from matplotlib.ticker import MaxNLocator
 
 from carlib.base.values import shown_value
 from carlib.errors import ConfigError
@@ -114,16 +115,20 @@ def plot_anytime_path(path: pd.DataFrame, *, stop: int | None = None, title: str
     if finite.empty:
         ax.text(0.5, 0.5, "no interval yet: it needs 2 or more seeds both ran", ha="center", va="center")
         return figure
-    ax.fill_between(finite["seeds"], finite["low"], finite["high"], color="C0", alpha=0.25, step="mid",
-                    label="anytime-valid interval")
-    ax.plot(finite["seeds"], finite["difference"], "o-", color="C0", label="its centre")
+    if len(finite) > 1:  # the band shows the narrowing; the bars below show each look, even a single one
+        ax.fill_between(finite["seeds"], finite["low"], finite["high"], color="C0", alpha=0.2, step="mid")
+    centre = finite["difference"].to_numpy(dtype=float)
+    ax.errorbar(finite["seeds"], centre, yerr=[centre - finite["low"], finite["high"] - centre], fmt="o-",
+                color="C0", capsize=4, label="anytime-valid interval and its centre")
     ax.axhline(0, color="k", linewidth=0.8)
     if stop is not None:
         ax.axvline(stop, color="C3", linestyle="--", label=f"stopped after {stop} seeds")
     bounds = np.abs(finite[["low", "high"]].to_numpy())
     spread = float(np.nanmax(bounds[1:] if len(bounds) > 2 else bounds))  # after 2 seeds the interval is vast
+    last = max(int(finite["seeds"].max()), stop or 0)
     ax.set(xlabel="seeds per configuration", ylabel="best − other", title=title,
-           ylim=(-1.1 * spread, 1.1 * spread))
+           ylim=(-1.1 * spread, 1.1 * spread), xlim=(int(finite["seeds"].min()) - 0.5, last + 0.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # seeds are whole numbers
     ax.legend(fontsize="small")
     return figure
 

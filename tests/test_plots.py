@@ -44,3 +44,22 @@ def test_without_labels_the_points_are_named_by_their_values_and_without_std_the
 def test_labels_must_name_every_configuration():
     with pytest.raises(ConfigError, match="labels: 1 names for 2 configurations; give one per row"):
         plot_tradeoff(_summary(), x="cpu_s_mean", labels=["only one"])
+
+
+def test_the_anytime_path_shows_a_single_look_and_counts_seeds_in_whole_numbers():
+    from carlib.plots import plot_anytime_path
+
+    one_look = pd.DataFrame({"seeds": [2], "low": [0.57], "high": [0.65], "difference": [0.61]})
+    ax = plot_anytime_path(one_look, stop=2).axes[0]
+    bars = ax.containers[0].lines[2][0].get_segments()
+    np.testing.assert_allclose(bars[0], [[2, 0.57], [2, 0.65]])  # a visible bar, not a band of zero width
+    assert ax.get_xlim() == (1.5, 2.5)
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "stopped after 2 seeds" in labels
+
+    narrowing = pd.DataFrame({"seeds": [2, 3, 4], "low": [-0.4, 0.01, 0.03], "high": [0.5, 0.2, 0.15],
+                              "difference": [0.05, 0.1, 0.09]})
+    ax = plot_anytime_path(narrowing, stop=4).axes[0]
+    assert len(ax.collections) >= 2  # the band over the looks and the bars
+    assert ax.get_xlim() == (1.5, 4.5)
