@@ -151,16 +151,21 @@ def _run_rounds(spec: SweepSpec, store: ResultsStore, path, design: SequentialDe
         seed_index = len(log["rounds"])
         active = [label for label in everyone if label not in beaten]
         trials = _round_trials(spec, seed_index, active, by)
+        # No verdict reads one seed, so the first two seeds run as one batch: twice the trials to fill --workers
+        # (or a Ray cluster) with, and the same decisions (round 1 is still logged, undecidable, on its own).
+        ahead = _round_trials(spec, 1, active, by) if seed_index == 0 else []
         finished = {r["config"].get("trial_id") for r in store.records(spec.study) if r.get("status") == "ok"}
-        todo = [t for t in trials if t.trial_id not in finished]
-        report.skipped += [t.trial_id for t in trials if t.trial_id in finished]
+        ran_here = set(report.ok) | set(report.failed)
+        todo = [t for t in trials + ahead if t.trial_id not in finished and t.trial_id not in ran_here]  # no reruns
+        report.skipped += [t.trial_id for t in trials if t.trial_id in finished and t.trial_id not in ran_here]
         report.trials += trials
         if todo and run_trials is None:
             run_trials = chosen.prepare(options)
         if todo:
-            run_batch(run_trials, todo, spec, store, report, kernel=kernel, progress=progress, total=len(trials),
-                      label=f" seed {seed_index + 1}/{max_seeds}")
-        busy = [t.trial_id for t in todo if t.trial_id in report.busy]
+            seeds = f"seeds 1-2/{max_seeds}" if ahead else f"seed {seed_index + 1}/{max_seeds}"
+            run_batch(run_trials, todo, spec, store, report, kernel=kernel, progress=progress,
+                      total=len(trials) + len(ahead), label=f" {seeds}")
+        busy = [t.trial_id for t in trials if t.trial_id in report.busy]
         if busy:  # a plain sweep runs some of this round's trials: never decide on a round with runs missing
             raise ConfigError(f"round {seed_index + 1}'s trial(s) {', '.join(busy)} are being run by another sweep on "
                               "this store; rerun when it has finished: the round is decided then, once.")

@@ -121,3 +121,20 @@ def test_two_drivers_never_decide_one_study(write_sweep, tmp_path):
         assert held
         with pytest.raises(ConfigError, match="another carlib sweep --until-decisive is running this study"):
             run_until_decisive(sweep, results_dir=tmp_path / "r", progress=False)
+
+
+def test_the_first_two_seeds_run_as_one_batch_and_each_later_round_as_its_own(scored_sweep, tmp_path, monkeypatch):
+    """No verdict reads one seed: seeds 1 and 2 fill the workers together; the decisions stay one per round."""
+    batches = []
+    real_batch = rounds.run_batch
+
+    def record_batch(run_trials, todo, *args, **kwargs):
+        batches.append(sorted((t.params["lr"], t.params["seed"]) for t in todo))
+        return real_batch(run_trials, todo, *args, **kwargs)
+
+    monkeypatch.setattr(rounds, "run_batch", record_batch)
+    report = run_until_decisive(scored_sweep, max_seeds=6, results_dir=tmp_path / "r", progress=False, workers=2)
+    assert batches[0] == [(1e-5, 0), (1e-5, 1), (3e-3, 0), (3e-3, 1)]
+    assert all(len(batch) == 2 and {seed for _, seed in batch} == {i + 2} for i, batch in enumerate(batches[1:]))
+    assert [r["seeds"] for r in report.log["rounds"]] == list(range(1, report.log["stopped"]["seeds"] + 1))
+    assert report.sweep.skipped == [] and len(report.sweep.ok) == 2 * report.log["stopped"]["seeds"]
