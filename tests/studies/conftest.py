@@ -115,3 +115,30 @@ class TrialProcesses:
 def processes() -> TrialProcesses:
     """Finds the processes of a running trial (to kill them)."""
     return TrialProcesses()
+
+
+# A trial that records a test accuracy without training: lr=0.003 is ~0.2 better; the seed moves both a little.
+_RECORD = """import time
+from carlib.records.record import new_record, new_run_id, utc_now
+from carlib.records.store import ResultsStore
+store, started = ResultsStore(results_dir), utc_now()
+run_id = new_run_id(study)
+accuracy = (0.7 if lr > 0.002 else 0.5) + (0.013 * seed) % 0.05 + (0.007 * seed * (lr > 0.002)) % 0.02
+store.write(new_record(run_id=run_id, study=study, config={'trial_id': trial_id, 'lr': lr, 'seed': seed, 'schedule': 'cosine',
+                       'results_dir': results_dir}, started_at=started, status='ok',
+                       metrics={'test_accuracy_best': accuracy}, run_dir=str(store.run_dir(run_id)),
+                       finished_at=utc_now()))"""
+
+
+@pytest.fixture
+def scored_sweep(tmp_path, write_sweep):
+    """A sweep of 2 learning rates whose trials record a test accuracy without training (lr=0.003 ~0.2 better)."""
+    notebook = tmp_path / "scored.ipynb"
+    parameters = "study = 'lr_study'\nresults_dir = None\ntrial_id = None\nlr = 1e-3\nseed = 0"
+    notebook.write_text(json.dumps({
+        "cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None,
+                   "outputs": [], "source": parameters},
+                  {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": _RECORD}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5}))
+    return write_sweep(notebook=notebook, grid={"lr": [1e-5, 3e-3]}, seeds=2)

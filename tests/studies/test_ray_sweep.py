@@ -19,6 +19,7 @@ import pytest
 
 from carlib.records.store import ResultsStore
 from carlib.studies.ray_engine import trial_folder_key
+from carlib.studies.rounds import run_until_decisive
 from carlib.studies.sweep import expand_trials, load_sweep, run_sweep
 
 pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install -e '.[dev,ray]'")
@@ -151,3 +152,19 @@ def test_a_dead_kernel_is_retried_on_a_private_ray_instance(ray_instance, tmp_pa
     assert record["status"] == "ok" and record["sweep"]["engine"] == "ray" and record["sweep"]["attempts"] == 2
     assert record["sweep"]["node"] not in {node["NodeID"] for node in ray_instance.nodes()}  # not the tests' instance
     _assert_in_the_store(record, results, files={"history.csv"})
+
+
+def test_until_decisive_on_ray_runs_each_round_as_a_batch_of_tasks_and_stops_with_its_reason(ray_instance, tmp_path,
+                                                                                               scored_sweep):
+    """``carlib sweep FILE --until-decisive --engine ray``: rounds as Ray tasks, one decision per round, a reason."""
+    results = tmp_path / "results"
+    report = run_until_decisive(scored_sweep, max_seeds=4, results_dir=results, engine="ray", progress=False)
+    stopped = report.stopped
+    assert stopped["reason"] == "decisive" and 2 <= stopped["seeds"] <= 4
+    assert [r["seeds"] for r in report.log["rounds"]] == list(range(1, stopped["seeds"] + 1))
+    records = ResultsStore(results).records()
+    assert len(records) == 2 * stopped["seeds"] == len(report.sweep.ok) and not report.sweep.failed
+    assert {r["sweep"]["engine"] for r in records} == {"ray"}
+    assert "lr=0.003 beats lr=1e-05" in report.verdict.message and "anytime-valid" in report.verdict.message
+    again = run_until_decisive(scored_sweep, max_seeds=4, results_dir=results, engine="ray", progress=False)
+    assert again.sweep.ok == [] and again.log == report.log  # resumed: nothing ran, nothing decided twice
