@@ -20,6 +20,7 @@ from carlib.data.pipeline import eval_dataset
 from carlib.errors import ConfigError, OutputExistsError
 from carlib.evaluate.export import export_model
 from carlib.models.build import build_model, read_class_names, save_model
+from carlib.records.store import ResultsStore
 
 NAMES = tuple(f"car model {c}" for c in range(10))
 # Measured on this stack: SavedModel 0 (the same kernels), TFLite ≤ 3e-8 on a CPU; the limits leave room for other
@@ -237,3 +238,24 @@ def test_cli_predicts_photos_with_tta_at_the_fixres_size(finetuned_lite0, tmp_pa
     frame = pd.read_csv(out, keep_default_na=False)
     assert len(frame) == len(list(folder.glob("*.jpg"))) and (frame["error"] == "").all()
     assert set(frame["class_name"].astype(str)) <= set(finetuned_lite0["data"]["class_names"])
+
+
+def test_the_shipped_pretrained_recipe_trains_through_carlib_run_and_predicts_with_tta(tiny_data_dir, tmp_path):
+    """params/cpu_recipe/pretrained.yaml as a user runs it (shrunk to tiny sizes on the command line), then predict."""
+    results = tmp_path / "results"
+    assert main(["run", "--params", "params/cpu_recipe/pretrained.yaml", "--data-dir", str(tiny_data_dir),
+                 "--image-size", "32", "--test-image-size", "40", "--epochs", "2", "--head-epochs", "1",
+                 "--batch-size", "16", "--tta-passes", "2", "--val-split", "0.25", "--results-dir", str(results)]) == 0
+    (record,) = ResultsStore(results).records()
+    config, metrics = record["config"], record["metrics"]
+    assert (config["backbone"], config["weights"], config["finetune"]) == ("efficientnet_lite0", "imagenet", "two_stage")
+    assert config["lr"] == 1e-3 and config["augmentation"] == "medium"  # the file's values, not carlib's defaults
+    assert metrics["test_accuracy_tta"] is not None and metrics["test_image_size"] == 40
+    run_dir = Path(record["run_dir"])
+    folder = Path(record["data"]["train_dir"]) / "3"
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run_dir), str(folder), "--tta", "2", "--image-size", "40", "--out", str(out)]) == 0
+    import pandas as pd
+
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert len(frame) == len(list(folder.glob("*.jpg"))) and (frame["error"] == "").all()
