@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.image import imread
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from carlib.base.values import shown_value
 from carlib.errors import ConfigError
@@ -135,13 +135,16 @@ def plot_anytime_path(path: pd.DataFrame, *, stop: int | None = None, title: str
 
 def plot_tradeoff(summary: pd.DataFrame, *, x: str = "train_images_per_s_mean", y: str = "mean",
                   error: str | None = "std", labels: Sequence[str] | None = None, target: float | None = None,
-                  budget: float | None = None, log_x: bool = True) -> Figure:
+                  budget: float | None = None, log_x: bool = True,
+                  label_offsets: Sequence[tuple[float, float]] | None = None) -> Figure:
     """Scatter of a summary's configurations: accuracy (``y``) against a cost such as throughput or CPU seconds
     (``x``, e.g. ``cpu_s_mean``), so a trade between them is visible.
 
     ``error``: the summary column drawn as a vertical error bar (the spread across seeds; ``None``: none).
     ``labels``: one name per row instead of the configuration's values. ``target`` draws the accuracy a study aims
     at as a horizontal line, ``budget`` the cost it may spend as a vertical one (e.g. 3× a baseline's CPU seconds).
+    ``label_offsets``: where each name sits from its point, in typographic points (default ``(5, 5)``), for points
+    that lie close together.
     """
     figure = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = figure.subplots()
@@ -153,8 +156,11 @@ def plot_tradeoff(summary: pd.DataFrame, *, x: str = "train_images_per_s_mean", 
         raise ConfigError(f"labels: {len(names)} names for {len(summary)} configurations; give one per row.")
     spread = summary[error] if error and error in summary else None
     ax.errorbar(summary[x], summary[y], yerr=spread, fmt="o", color="C1", ecolor="C1", capsize=3)
-    for name, xv, yv in zip(names, summary[x], summary[y]):
-        ax.annotate(name, (xv, yv), fontsize="small", xytext=(5, 5), textcoords="offset points")
+    offsets = list(label_offsets) if label_offsets is not None else [(5, 5)] * len(names)
+    if len(offsets) != len(names):
+        raise ConfigError(f"label_offsets: {len(offsets)} offsets for {len(names)} configurations; give one per row.")
+    for name, xv, yv, offset in zip(names, summary[x], summary[y], offsets):
+        ax.annotate(name, (xv, yv), fontsize="small", xytext=offset, textcoords="offset points")
     if target is not None:
         ax.axhline(target, color="C2", linestyle="--", linewidth=1, label=f"target {target:g}")
     if budget is not None:
@@ -164,6 +170,10 @@ def plot_tradeoff(summary: pd.DataFrame, *, x: str = "train_images_per_s_mean", 
     metric = summary.attrs.get("metric", "accuracy")  # the figure the summary was made for
     bars = f", bars: ±1 {error}" if spread is not None else ""
     ax.set(xlabel=x, ylabel=f"{metric} ({y} over seeds{bars})", xscale="log" if log_x else "linear")
+    ax.margins(x=0.2)  # room for the names right of the points
+    if log_x:  # plain numbers (250, 1,000) rather than 2.5×10²
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     return figure
 
 

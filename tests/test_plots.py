@@ -41,9 +41,13 @@ def test_without_labels_the_points_are_named_by_their_values_and_without_std_the
     assert ax.containers[0].has_yerr is False and ax.get_legend() is None
 
 
-def test_labels_must_name_every_configuration():
+def test_labels_must_name_every_configuration_and_may_sit_apart():
     with pytest.raises(ConfigError, match="labels: 1 names for 2 configurations; give one per row"):
         plot_tradeoff(_summary(), x="cpu_s_mean", labels=["only one"])
+    with pytest.raises(ConfigError, match="label_offsets: 1 offsets for 2 configurations"):
+        plot_tradeoff(_summary(), x="cpu_s_mean", label_offsets=[(5, 5)])
+    ax = plot_tradeoff(_summary(), x="cpu_s_mean", label_offsets=[(5, 5), (5, -12)]).axes[0]
+    assert [t.xyann for t in ax.texts] == [(5, 5), (5, -12)]
 
 
 def test_the_anytime_path_shows_a_single_look_and_counts_seeds_in_whole_numbers():
