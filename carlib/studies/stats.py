@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from carlib.config import PARAMETER_NAMES
 from carlib.base.values import shown_value
+from carlib.config import PARAMETER_NAMES
 from carlib.errors import CarlibWarning
 from carlib.studies.sequential import (HORIZON, AnytimeInterval, LeaderComparison, SequentialDesign,
                                        compare_with_leader, stopping_seeds)

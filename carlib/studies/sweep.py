@@ -56,8 +56,8 @@ from carlib.errors import ConfigError
 from carlib.records.store import ResultsStore
 from carlib.studies.local_engine import finished_trial_ids, run_local
 from carlib.studies.parameters import STUDY_PARAMETERS
-from carlib.studies.specs import STUDIES
 from carlib.studies.ray_engine import import_ray, run_ray
+from carlib.studies.specs import STUDIES
 from carlib.studies.study_log import write_plan
 from carlib.studies.trials import KERNEL_START_TIMEOUT_S, SweepReport, Trial, gpu_slots
 
@@ -131,10 +131,10 @@ def load_sweep(path: str | os.PathLike, base_overrides: Mapping[str, Any] | None
         raise ConfigError(f"sweep file {str(path)!r}: seeds={raw.get('seeds')!r} must be an integer >= 1.") from None
     if seeds < 1:
         raise ConfigError(f"sweep file {str(path)!r}: seeds={seeds} must be an integer >= 1.")
-    if str(raw["study"]) not in STUDIES.names():  # the notebook's summary and `carlib results --summary` need its spec
-        raise ConfigError(f"sweep file {str(path)!r}: unknown study {str(raw['study'])!r}; known: "
-                          f"{', '.join(STUDIES.names())}. A variant of a study (other arms, other data) keeps the "
-                          "study's name and gets its own --results-dir.")
+    if str(raw["study"]) not in STUDIES:  # the notebook's summary and `carlib results --summary` need its spec
+        raise ConfigError(f"sweep file {str(path)!r}: " + STUDIES.unknown_message(
+            raw["study"], alternatives="a variant of a study (other arms, other data) keeps the study's name and gets "
+                                       "its own --results-dir"))
     notebook = _find_notebook(str(raw["notebook"]), path)
     if not notebook.is_file():
         raise ConfigError(f"sweep file {str(path)!r}: notebook {str(raw['notebook'])!r} does not exist.")

@@ -228,14 +228,18 @@ def test_a_finetuned_lite0_exports_to_saved_model_and_tflite_that_agree(finetune
         np.testing.assert_allclose(outputs, expected, atol=TFLITE_ATOL, rtol=0)  # within 1e-4
 
 
+def _predict_with_tta(run_dir: Path, folder: Path, out: Path):
+    """``carlib predict RUN FOLDER --tta 2 --image-size 40`` (the FixRes size of these runs); its CSV as a frame."""
+    import pandas as pd
+
+    assert main(["predict", str(run_dir), str(folder), "--tta", "2", "--image-size", "40", "--out", str(out)]) == 0
+    return pd.read_csv(out, keep_default_na=False)
+
+
 def test_cli_predicts_photos_with_tta_at_the_fixres_size(finetuned_lite0, tmp_path, capsys):
     run_dir = Path(finetuned_lite0["run_dir"])
     folder = Path(finetuned_lite0["data"]["train_dir"]) / "2"
-    out = tmp_path / "preds.csv"
-    assert main(["predict", str(run_dir), str(folder), "--tta", "2", "--image-size", "40", "--out", str(out)]) == 0
-    import pandas as pd
-
-    frame = pd.read_csv(out, keep_default_na=False)
+    frame = _predict_with_tta(run_dir, folder, tmp_path / "preds.csv")
     assert len(frame) == len(list(folder.glob("*.jpg"))) and (frame["error"] == "").all()
     assert set(frame["class_name"].astype(str)) <= set(finetuned_lite0["data"]["class_names"])
 
@@ -253,9 +257,5 @@ def test_the_shipped_pretrained_recipe_trains_through_carlib_run_and_predicts_wi
     assert metrics["test_accuracy_tta"] is not None and metrics["test_image_size"] == 40
     run_dir = Path(record["run_dir"])
     folder = Path(record["data"]["train_dir"]) / "3"
-    out = tmp_path / "preds.csv"
-    assert main(["predict", str(run_dir), str(folder), "--tta", "2", "--image-size", "40", "--out", str(out)]) == 0
-    import pandas as pd
-
-    frame = pd.read_csv(out, keep_default_na=False)
+    frame = _predict_with_tta(run_dir, folder, tmp_path / "preds.csv")
     assert len(frame) == len(list(folder.glob("*.jpg"))) and (frame["error"] == "").all()

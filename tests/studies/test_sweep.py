@@ -101,7 +101,7 @@ def test_shard_auto_without_a_usable_scheduler_says_what_is_missing(environment,
     ({"notebook": "notebooks/nope.ipynb"}, "does not exist"),
     ({"seeds": 0}, "seeds=0 must be an integer >= 1"),
     # the notebook's summary would fail after the first trial trained: a variant keeps the name, in its own store
-    ({"study": "lr_study_v2"}, "unknown study 'lr_study_v2'; known: augmentation_study, backbone_study"),
+    ({"study": "lr_study_v2"}, "unknown study 'lr_study_v2'. Did you mean 'lr_study'? Known: augmentation_study"),
 ])
 def test_a_bad_sweep_fails_before_anything_runs(tmp_path, tiny_data_dir, overrides, message):
     with pytest.raises(ConfigError) as err:
