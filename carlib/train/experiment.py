@@ -73,7 +73,7 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any] | None = None, *
         run = _start_run(data, runtime, clock, rerun_of)
         try:
             setup = build_training(data, runtime)
-            callbacks = _callbacks(setup, run)
+            callbacks = _callbacks(setup, run, clock)
             clock.mark("build")
             _fit_stages(setup, run, callbacks)
             clock.mark("fit")
@@ -97,17 +97,24 @@ class _Clock:
         self.started_at = utc_now()
         self.marks: dict[str, float] = {}
         self.cpu_done = self.cpu_start
+        self.earlier_cpu_s = 0.0  # a resumed trial: what its killed attempts spent up to their last backup
 
     def mark(self, step: str) -> None:
         self.marks[step] = time.perf_counter()
         self.cpu_done = time.process_time()
 
+    def cpu_so_far(self) -> float:
+        """The trial's CPU seconds until now, its killed attempts' included."""
+        return self.earlier_cpu_s + time.process_time() - self.cpu_start
+
     def timings(self) -> dict[str, float]:
-        """Seconds per step; ``cpu_s``: CPU seconds of all the process's threads from the config to the last
-        evaluation (this attempt's only, for a resumed trial): what a run costs on a shared machine."""
+        """Seconds per step (this attempt's); ``cpu_s``: CPU seconds of all the process's threads from the config to
+        the last evaluation, plus, for a resumed trial, what its killed attempts spent up to their last backup
+        (``cpu_s_earlier_attempts``; the epoch a kill cut short is lost): what a run costs on a shared machine."""
         data, build, fit, done = (self.marks[k] for k in ("data", "build", "fit", "eval"))
+        earlier = {"cpu_s_earlier_attempts": self.earlier_cpu_s} if self.earlier_cpu_s else {}
         return {"data_s": data - self.start, "build_s": build - data, "fit_s": fit - build, "eval_s": done - fit,
-                "total_s": done - self.start, "cpu_s": self.cpu_done - self.cpu_start}
+                "total_s": done - self.start, "cpu_s": self.earlier_cpu_s + self.cpu_done - self.cpu_start, **earlier}
 
 
 @dataclasses.dataclass
@@ -144,6 +151,7 @@ def _start_run(data: RunData, runtime: Runtime, clock: _Clock, rerun_of: str | N
     # A trial (trial_id set, e.g. by a sweep) is backed up every epoch; a killed attempt resumes in its run folder.
     backup = TrialBackup(config.results_dir, config.trial_id, config.to_dict()) if config.trial_id else None
     state = backup.load() if backup else None
+    clock.earlier_cpu_s = state.cpu_s if state else 0.0
     run_id = state.run_id if state else new_run_id(config.study)
     run_dir = store.run_dir(run_id)
     images = data.images
@@ -183,7 +191,7 @@ def _start_run(data: RunData, runtime: Runtime, clock: _Clock, rerun_of: str | N
     return _Run(store, run_id, run_dir, record, backup, state, history=list(state.history) if state else [])
 
 
-def _callbacks(setup: TrainingSetup, run: _Run) -> list[keras.callbacks.Callback]:
+def _callbacks(setup: TrainingSetup, run: _Run, clock: _Clock) -> list[keras.callbacks.Callback]:
     """One instance of each callback for all fine-tuning stages: the schedule, the best checkpoint, early stopping
     and history.csv (appended) span the whole run; a resumed trial gets the callbacks' state back."""
     config, monitor = setup.config, setup.data.monitor
@@ -212,7 +220,7 @@ def _callbacks(setup: TrainingSetup, run: _Run) -> list[keras.callbacks.Callback
         *([run.early] if run.early else []),
         # Last: it saves what the callbacks above have done this epoch.
         *([run.backup.callback(run.run_id, run.record["started_at"], history=run.history, checkpoint=run.checkpoint,
-                               stateful=stateful)] if run.backup else []),
+                               stateful=stateful, cpu_seconds=clock.cpu_so_far)] if run.backup else []),
     ]
 
 

@@ -31,7 +31,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import keras
 
@@ -61,7 +61,8 @@ def _plain(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class ResumeState:
-    """A complete backup: ``epoch`` epochs are finished; their ``history`` rows, weights and callback states."""
+    """A complete backup: ``epoch`` epochs are finished; their ``history`` rows, weights and callback states, and
+    ``cpu_s``, the CPU seconds the killed attempts spent up to it (0 in a backup from before carlib saved them)."""
 
     run_id: str
     started_at: str
@@ -70,6 +71,7 @@ class ResumeState:
     weights: Path
     best_copy: Path | None
     callbacks: dict[str, dict[str, Any]]
+    cpu_s: float = 0.0
 
 
 class TrialBackup:
@@ -102,13 +104,19 @@ class TrialBackup:
             return None
         best = self.dir / "best.keras"
         return ResumeState(state["run_id"], state["started_at"], int(state["epoch"]), list(state["history"]),
-                           weights, best if best.is_file() else None, dict(state.get("callbacks", {})))
+                           weights, best if best.is_file() else None, dict(state.get("callbacks", {})),
+                           float(state.get("cpu_s") or 0.0))
 
     def callback(self, run_id: str, started_at: str, *, history: list[dict[str, float]],
                  checkpoint: keras.callbacks.ModelCheckpoint,
-                 stateful: Mapping[str, tuple[keras.callbacks.Callback, tuple[str, ...]]]) -> "EpochBackup":
-        """The callback that saves this backup at the end of every epoch (put it last in the callback list)."""
-        return EpochBackup(self, run_id, started_at, history, checkpoint, stateful)
+                 stateful: Mapping[str, tuple[keras.callbacks.Callback, tuple[str, ...]]],
+                 cpu_seconds: Callable[[], float] | None = None) -> "EpochBackup":
+        """The callback that saves this backup at the end of every epoch (put it last in the callback list).
+
+        ``cpu_seconds()``: the trial's CPU seconds so far (earlier attempts included), saved with each epoch so
+        that a resumed run's ``cpu_s`` counts what the killed attempts spent.
+        """
+        return EpochBackup(self, run_id, started_at, history, checkpoint, stateful, cpu_seconds)
 
     def discard(self) -> None:
         """Delete the backup (the run finished)."""
@@ -154,9 +162,11 @@ class EpochBackup(keras.callbacks.Callback):
 
     def __init__(self, backup: TrialBackup, run_id: str, started_at: str, history: list[dict[str, float]],
                  checkpoint: keras.callbacks.ModelCheckpoint,
-                 stateful: Mapping[str, tuple[keras.callbacks.Callback, tuple[str, ...]]]):
+                 stateful: Mapping[str, tuple[keras.callbacks.Callback, tuple[str, ...]]],
+                 cpu_seconds: Callable[[], float] | None = None):
         super().__init__()
         self.backup, self.run_id, self.started_at = backup, run_id, started_at
+        self.cpu_seconds = cpu_seconds
         self.history = list(history)
         self.checkpoint = checkpoint
         self.stateful = dict(stateful)
@@ -179,7 +189,7 @@ class EpochBackup(keras.callbacks.Callback):
         state = {
             "version": STATE_VERSION, "trial_id": self.backup.trial_id, "run_id": self.run_id,
             "started_at": self.started_at, "config": self.backup.config, "epoch": epoch + 1, "weights": name,
-            "history": self.history,
+            "history": self.history, "cpu_s": self.cpu_seconds() if self.cpu_seconds else None,
             "callbacks": {key: {a: _plain(getattr(cb, a, None)) for a in attributes}
                           for key, (cb, attributes) in self.stateful.items()},
         }

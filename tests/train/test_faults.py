@@ -119,6 +119,9 @@ def test_a_killed_run_leaves_no_record_and_its_rerun_resumes_at_the_next_epoch(f
     assert record["run_id"] == state["run_id"] and record["started_at"] == state["started_at"]
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3, 4]  # epoch 1 ran before the kill, 2-4 after
     assert record["history"][0]["loss"] == state["history"][0]["loss"]
+    # the run's CPU time counts what the killed attempt spent up to its backup, not only the resumed part
+    assert state["cpu_s"] > 0 and record["timings"]["cpu_s_earlier_attempts"] == pytest.approx(state["cpu_s"])
+    assert record["timings"]["cpu_s"] > state["cpu_s"]
     assert [r["run_id"] for r in store.records()] == [record["run_id"]]
     history_csv = (Path(record["run_dir"]) / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history_csv[1:]] == ["0", "1", "2", "3"]
