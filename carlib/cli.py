@@ -615,7 +615,7 @@ def _bench_recipe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained-params", default=None,
                         help="YAML preset of the pretrained arm (default: params/cpu_recipe/pretrained.yaml)")
     parser.add_argument("--no-pretrained", action="store_true",
-                        help="leave out the pretrained arm (EfficientNet-Lite0 from ImageNet; needs carlib[pretrained])")
+                        help="leave out the pretrained arm (params/cpu_recipe/pretrained.yaml: EfficientNet-Lite1 from ImageNet; needs carlib[pretrained])")
     parser.add_argument("--baseline-epochs", type=int, default=50, help="epochs of the plain Keras CNN")
     parser.add_argument("--baseline-image-size", type=int, default=96, help="image size of the plain Keras CNN (pixels)")
     parser.add_argument("--test-split", type=float, default=0.2, help="share held out as the test set when the "

@@ -44,7 +44,7 @@ def test_the_pretrained_recipe_is_its_preset_file_and_fine_tunes_imagenet_weight
     preset = yaml.safe_load((ROOT / recipe_bench.PRETRAINED_PRESET).read_text())
     assert recipe_bench.pretrained_recipe() == preset
     config = ExperimentConfig.from_dict(preset).resolved()
-    assert (config.backbone, config.weights, config.finetune) == ("efficientnet_lite0", "imagenet", "two_stage")
+    assert (config.backbone, config.weights, config.finetune) == ("efficientnet_lite1", "imagenet", "two_stage")
     assert config.test_image_size > config.image_size and config.tta_passes > 0  # FixRes (R21) and TTA (R20)
 
 
@@ -76,7 +76,7 @@ def test_recipe_benchmark_returns_every_figure(class_folders, results_dir, tmp_p
         by_name["pretrained_cpu_s"]["value"] / by_name["recipe_cpu_s"]["value"])
     assert by_name["pretrained_gain"]["value"] == pytest.approx(
         by_name["pretrained_accuracy"]["value"] - by_name["recipe_accuracy"]["value"])
-    assert by_name["pretrained_accuracy"]["pretrained"]["backbone"] == "efficientnet_lite0"
+    assert by_name["pretrained_accuracy"]["pretrained"]["backbone"] == "efficientnet_lite1"
     assert len(by_name["pretrained_accuracy"]["pretrained_runs"]) == 1
     for name in ("baseline_accuracy", "recipe_accuracy", "recipe_accuracy_no_tta"):
         assert by_name[name]["unit"] == "fraction" and 0 <= by_name[name]["value"] <= 1

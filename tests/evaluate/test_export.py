@@ -252,7 +252,7 @@ def test_the_shipped_pretrained_recipe_trains_through_carlib_run_and_predicts_wi
                  "--batch-size", "16", "--tta-passes", "2", "--val-split", "0.25", "--results-dir", str(results)]) == 0
     (record,) = ResultsStore(results).records()
     config, metrics = record["config"], record["metrics"]
-    assert (config["backbone"], config["weights"], config["finetune"]) == ("efficientnet_lite0", "imagenet", "two_stage")
+    assert (config["backbone"], config["weights"], config["finetune"]) == ("efficientnet_lite1", "imagenet", "two_stage")
     assert config["lr"] == 1e-3 and config["augmentation"] == "medium"  # the file's values, not carlib's defaults
     assert metrics["test_accuracy_tta"] is not None and metrics["test_image_size"] == 40
     run_dir = Path(record["run_dir"])
