@@ -32,7 +32,8 @@ MESSAGES = [
     ({"epochs": "2.5"}, "epochs='2.5' has the wrong type: expected an integer."),
     ({"schedule": "exponential"}, "unknown schedule 'exponential'. Known: constant, cosine, plateau, step."),
     ({"backbone": "xceptoin"}, "unknown backbone 'xceptoin'. Did you mean 'xception'? Known: cnn_small, "
-                               "convnext_tiny, efficientnet_b0, efficientnet_b3, efficientnet_lite0, efficientnet_v2_b0, "
+                               "convnext_tiny, efficientnet_b0, efficientnet_b3, efficientnet_lite0, efficientnet_lite1, "
+                               "efficientnet_lite2, efficientnet_v2_b0, "
                                "efficientnet_v2_s, mobilenet_v3_small, resnet_small, resnet_tiny, simple_cnn, "
                                "xception; a SavedModel as hub:<URL or folder>; or register your own with "
                                "carlib.register_backbone(carlib.BackboneSpec(...))."),
