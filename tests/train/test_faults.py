@@ -54,16 +54,19 @@ def test_divergence_stops_at_once_fails_the_run_and_keeps_the_best_checkpoint(fa
 # ------------------------------------------------------- killed training runs
 TRAINER = textwrap.dedent(
     """
-    import json, sys, time
+    import json, signal, sys, time
     import carlib
     from carlib.train.callbacks import EpochTimer
 
+    # Ctrl-C as in a terminal, also when the suite was started in the background (a non-interactive shell starts
+    # background jobs with SIGINT ignored, every child inherits that, and Python then installs no handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     params, delay = json.loads(sys.argv[1]), float(sys.argv[2])
     timed = EpochTimer.on_epoch_end
 
     def slow_epoch_end(self, epoch, logs=None):
         # Epoch 1 is backed up after this; epoch 2 then waits for the kill, so it lands between the first and the
-        # second backup however loaded the machine is (a short wait let a starved test miss it and the run finish).
+        # second backup however loaded the machine is.
         timed(self, epoch, logs)
         time.sleep(delay if epoch == 0 else 300)
 
